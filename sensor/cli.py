@@ -1,0 +1,68 @@
+"""The `bflow` command: one entry point, a subcommand per job.
+
+Each subcommand lives in its own module and is imported only when chosen, so
+the daemon never loads training code and `--help` stays fast.
+"""
+
+import importlib
+import sys
+
+import structlog
+
+from sensor.errors import BFlowError
+from sensor.logs import configure_logging
+
+# name -> ("module:function", one-line help); function(argv) -> exit code.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("sensor.demo:main", "run the daemon on the bundled logs and model"),
+    "run": ("sensor.daemon:main", "watch a Zeek log directory, write notices"),
+    "read": ("sensor.readcmd:main", "read Zeek logs and print their records"),
+    "train": ("model.cli:train_main", "train, calibrate and export a model"),
+    "eval": ("model.cli:eval_main", "evaluate a model file on labeled data"),
+    "retrain": ("model.retrain:retrain_main", "retrain on clean logs, promote"),
+    "rollback": ("model.retrain:rollback_main", "restore a previous model"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: bflow [-v] COMMAND [ARGS...]", "", "commands:"]
+    for name, (_, summary) in COMMANDS.items():
+        lines.append(f"  {name:<10} {summary}")
+    lines.append("")
+    lines.append("`bflow COMMAND --help` shows a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Dispatch to a subcommand; print `error: ...` and exit 2 on failure."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = False
+    while args and args[0] in ("-v", "--verbose"):
+        verbose = True
+        args.pop(0)
+    if not args or args[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in COMMANDS:
+        print(f"error: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+
+    configure_logging(verbose=verbose)
+    module_name, function_name = COMMANDS[name][0].split(":")
+    command = getattr(importlib.import_module(module_name), function_name)
+    try:
+        code: int = command(rest)
+    except BFlowError as exc:
+        if verbose:
+            structlog.get_logger().exception("command.failed", command=name)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

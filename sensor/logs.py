@@ -1,0 +1,40 @@
+"""structlog set-up shared by every command.
+
+On a terminal events are rendered for people; elsewhere (systemd's journal, a
+pipe) each event is one JSON object per line.
+"""
+
+import logging
+import sys
+
+import structlog
+
+
+def configure_logging(*, verbose: bool = False, json: bool | None = None) -> None:
+    """Route structlog events to stderr.
+
+    Args:
+        verbose: also show debug events.
+        json: force JSON (True) or console (False) rendering; None picks JSON
+            unless stderr is a terminal.
+    """
+    if json is None:
+        json = not sys.stderr.isatty()
+    level = logging.DEBUG if verbose else logging.INFO
+    renderer: structlog.typing.Processor
+    if json:
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=False)
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

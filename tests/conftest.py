@@ -1,0 +1,31 @@
+"""Shared fixtures: where the real data and the fault cases live.
+
+The real logs and pcaps are not copied into the repository; they are read
+from `../shared` beside the checkout (or from $BFLOW_SHARED).
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("BFLOW_SHARED", REPO.parent / "shared")).resolve()
+DATA = SHARED / "data"
+CASES = SHARED / "cases"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real logs and pcaps (`shared/data`)."""
+    if not DATA.is_dir():
+        pytest.skip(f"real data not found at {DATA}; set BFLOW_SHARED")
+    return DATA
+
+
+@pytest.fixture(scope="session")
+def cases_dir() -> Path:
+    """The fault cases (`shared/cases`)."""
+    if not CASES.is_dir():
+        pytest.skip(f"fault cases not found at {CASES}; set BFLOW_SHARED")
+    return CASES
