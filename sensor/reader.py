@@ -1,0 +1,1026 @@
+"""Read Zeek logs (TSV or JSON lines, plain or gzip) into Arrow record batches.
+
+`LogDecoder` turns one file's byte stream, fed in chunks of any size, into
+`Batch`es of at most `batch_size` records; `read_log` drives it over a whole
+finished file, and the live tailer (`sensor.tail`) drives it as a file grows.
+
+Rules the decoder keeps (cases 01-07, 10, 11 and 15 in `shared/cases`):
+
+- Lines are split on `\\n` only and one trailing `\\r` is dropped; bytes are
+  never decoded as text before the fields are split. A last line without
+  `\\n` is not a record yet: `feed` keeps it, `finish` drops and counts it.
+- TSV fields are typed from `#fields`/`#types` through the one table in
+  `sensor.zeektypes`; separators and markers come from the header. A new
+  `#separator` line starts a new header block: new schema, new batches.
+- A line with the wrong number of fields, a value that does not parse, or a
+  data line before any `#fields` is skipped, counted in `stats` and logged
+  with file and line number (the first few per file; then a summary).
+- Logs named in `KNOWN_SCHEMAS` ("conn", our packet log) come out with that
+  schema whatever the file holds: known fields first in schema order, with
+  all-null columns (and one warning per file) for those the file lacks, then
+  the file's extra fields in file order.
+- JSON lines: keys are the flat dotted Zeek names; an absent key, `null`
+  and unset are the same. Zeek's JSON writer escapes bytes it will not put
+  in JSON as the text `\\xNN`; the decoder turns those into bytes in every
+  `string` field, the same as in TSV. A literal backslash-x in traffic is
+  therefore ambiguous in JSON logs (Zeek's JSON escaping cannot tell them
+  apart); TSV does not have this problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from os import PathLike
+from typing import IO, Any, BinaryIO, Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import structlog
+
+from sensor.contract import PACKET_LOG_FIELDS, PACKET_LOG_PATH
+from sensor.errors import LogFormatError
+from sensor.zeektypes import (
+    Markers,
+    arrow_type,
+    conform,
+    convert_column,
+    normalise_addr,
+    normalise_subnet,
+    split_container,
+    unescape,
+    unescape_hex_only,
+)
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_BATCH_SIZE: Final = 65536
+READ_CHUNK: Final = 1 << 20
+# Skipped lines logged one by one per file; after that only the summary.
+SKIP_LOG_LIMIT: Final = 10
+
+_HEADER_KEYS: Final = frozenset(
+    {
+        b"separator",
+        b"set_separator",
+        b"empty_field",
+        b"unset_field",
+        b"path",
+        b"open",
+        b"close",
+        b"fields",
+        b"types",
+    }
+)
+
+# Identifier-like `string` fields of the known logs: always ASCII when Zeek
+# writes them, so they are Arrow `string` rather than `binary`.
+_TEXT_FIELDS: Final = frozenset(
+    {
+        "uid",
+        "service",
+        "conn_state",
+        "history",
+        "tunnel_parents",
+        "community_id",
+        "orig_l2_addr",
+        "resp_l2_addr",
+        "link_type",
+        "frame",
+    }
+)
+
+CONN_FIELDS: Final = (
+    ("ts", "time"),
+    ("uid", "string"),
+    ("id.orig_h", "addr"),
+    ("id.orig_p", "port"),
+    ("id.resp_h", "addr"),
+    ("id.resp_p", "port"),
+    ("proto", "enum"),
+    ("service", "string"),
+    ("duration", "interval"),
+    ("orig_bytes", "count"),
+    ("resp_bytes", "count"),
+    ("conn_state", "string"),
+    ("local_orig", "bool"),
+    ("local_resp", "bool"),
+    ("missed_bytes", "count"),
+    ("history", "string"),
+    ("orig_pkts", "count"),
+    ("orig_ip_bytes", "count"),
+    ("resp_pkts", "count"),
+    ("resp_ip_bytes", "count"),
+    ("tunnel_parents", "set[string]"),
+    # Added by newer Zeek versions or common policy scripts.
+    ("ip_proto", "count"),
+    ("orig_l2_addr", "string"),
+    ("resp_l2_addr", "string"),
+    ("vlan", "int"),
+    ("inner_vlan", "int"),
+    ("community_id", "string"),
+)
+
+
+def _known_schema(fields: tuple[tuple[str, str], ...]) -> pa.Schema:
+    columns = []
+    for name, zeek_type in fields:
+        arrow = arrow_type(zeek_type)
+        if name in _TEXT_FIELDS:
+            arrow = pa.list_(pa.string()) if pa.types.is_list(arrow) else pa.string()
+        columns.append(pa.field(name, arrow, metadata={"zeek_type": zeek_type}))
+
+    return pa.schema(columns)
+
+
+KNOWN_SCHEMAS: Final[dict[str, pa.Schema]] = {
+    "conn": _known_schema(CONN_FIELDS),
+    PACKET_LOG_PATH: _known_schema(
+        tuple((f.name, f.zeek_type) for f in PACKET_LOG_FIELDS)
+    ),
+}
+
+
+@dataclass
+class ReadStats:
+    """What a decoder has seen so far in one file."""
+
+    records: int = 0
+    skipped: int = 0
+    blank: int = 0
+    errors: int = 0
+    batches: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "records": self.records,
+            "skipped": self.skipped,
+            "blank": self.blank,
+            "errors": self.errors,
+            "batches": self.batches,
+        }
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records decoded from one run of lines of one file.
+
+    Attributes:
+        records: the records; the schema metadata carries `zeek.path`,
+            `zeek.open`, `zeek.format` and `zeek.fingerprint`, and each
+            field's metadata its `zeek_type`.
+        log_path: the `#path` value ("conn"), JSON `_path`, or the log path
+            the decoder was given.
+        source: the file it came from.
+        end_offset: offset in the (decompressed) byte stream just past the
+            last line this batch consumed; resuming there re-reads nothing.
+    """
+
+    records: pa.RecordBatch
+    log_path: str | None
+    source: str
+    end_offset: int
+
+
+@dataclass
+class _Header:
+    """State of the current TSV header block."""
+
+    separator: bytes = b"\t"
+    markers: Markers = field(default_factory=Markers)
+    path: str | None = None
+    open: str | None = None
+    fields: list[str] | None = None
+    types: list[str] | None = None
+    broken: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.fields is not None
+
+
+def _decode_meta(value: bytes) -> str:
+    return unescape(value).decode("utf-8", "backslashreplace")
+
+
+class LogDecoder:
+    """Incremental decoder for one file's byte stream.
+
+    The format (TSV or JSON lines) is detected from the first non-blank
+    line. Feed it chunks of any size; it returns the batches that are full.
+
+    Attributes:
+        source: the file name, for logs and `Batch.source`.
+        offset: bytes of complete lines taken from the stream so far; lines
+            held for the next batch are included (`Batch.end_offset` is the
+            offset to checkpoint).
+        closed: a `#close` line was seen and no header block started since.
+        stats: counts of records, skipped lines and errors.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        log_path: str | None = None,
+        skip_until: int = 0,
+    ) -> None:
+        """Set up a decoder.
+
+        Args:
+            source: the file name, used in logs and batches.
+            batch_size: most records in one batch.
+            log_path: the log's path ("conn") when the file does not say
+                (JSON without `_path`, TSV without `#path`).
+            skip_until: stream offset to resume at; header lines before it
+                are still read, data lines ending at or before it are not
+                emitted again.
+
+        Raises:
+            ValueError: batch_size is not positive.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        self.source = source
+        self.batch_size = batch_size
+        self.log_path = log_path
+        self.skip_until = skip_until
+        self.offset = 0
+        self.closed = False
+        self.stats = ReadStats()
+        self.format: str | None = None
+
+        self._tail = bytearray()
+        self._line_no = 0
+        self._header = _Header()
+        self._pending = bytearray()
+        self._pending_lines = 0
+        self._pending_offset = 0
+        self._pending_line_no = 1
+        self._warned: set[str] = set()
+        self._json_types: dict[str, str] = {}
+        self._json_path: str | None = None
+
+    # -- public API -------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Batch]:
+        """Take the next chunk of the stream; return the batches now full.
+
+        A partial last line is kept until the rest of it arrives.
+
+        Raises:
+            LogFormatError: the stream is not a Zeek log (first line).
+        """
+        self._tail += data
+        last = self._tail.rfind(b"\n")
+        if last < 0:
+            return []
+        chunk = bytes(self._tail[: last + 1])
+        del self._tail[: last + 1]
+
+        return self._take_lines(chunk)
+
+    def flush(self) -> list[Batch]:
+        """Emit every complete record held so far, even if a batch is short."""
+        return self._emit_pending(everything=True)
+
+    def finish(self) -> list[Batch]:
+        """The stream has ended: emit the rest, drop a partial last line.
+
+        The dropped fragment is counted as an error and logged with file
+        and offset.
+        """
+        batches = self._emit_pending(everything=True)
+        if self._tail:
+            self.stats.errors += 1
+            log.warning(
+                "line.partial_dropped",
+                file=self.source,
+                offset=self.offset,
+                size=len(self._tail),
+                line=self._line_no + 1,
+            )
+            self._tail.clear()
+        if self.stats.skipped > SKIP_LOG_LIMIT:
+            log.warning(
+                "file.skipped_summary",
+                file=self.source,
+                skipped=self.stats.skipped,
+                logged=SKIP_LOG_LIMIT,
+            )
+
+        return batches
+
+    def note_error(self, event: str, **details: Any) -> None:
+        """Count and log a file-level error found outside the decoder."""
+        self.stats.errors += 1
+        log.warning(event, file=self.source, offset=self.offset, **details)
+
+    # -- lines ------------------------------------------------------------
+
+    def _take_lines(self, chunk: bytes) -> list[Batch]:
+        """Sort complete lines into header lines and runs of data lines."""
+        base = self.offset
+        first_line = self._line_no + 1
+        self.offset += len(chunk)
+        self._line_no += chunk.count(b"\n")
+
+        if self.format is None:
+            self._detect(chunk)
+        if self.format is None:
+            self.stats.blank += chunk.count(b"\n")
+            return []
+        if self.format == "json":
+            return self._append_run(chunk, base, first_line)
+
+        view = np.frombuffer(chunk, dtype=np.uint8)
+        ends = np.flatnonzero(view == 0x0A)
+        starts = np.empty_like(ends)
+        starts[0] = 0
+        starts[1:] = ends[:-1] + 1
+        hashes = np.flatnonzero(view[starts] == 0x23)
+        if len(hashes) == 0:
+            return self._append_run(chunk, base, first_line)
+
+        batches: list[Batch] = []
+        run_start = 0
+        for index in hashes.tolist():
+            line = chunk[starts[index] : ends[index]]
+            if not self._is_header(line):
+                continue
+            start = int(starts[index])
+            if start > run_start:
+                line_no = first_line + int(np.searchsorted(ends, run_start))
+                batches += self._append_run(
+                    chunk[run_start:start], base + run_start, line_no
+                )
+            batches += self._emit_pending(everything=True)
+            self._header_line(line, base + int(ends[index]) + 1)
+            run_start = int(ends[index]) + 1
+        if run_start < len(chunk):
+            line_no = first_line + int(np.searchsorted(ends, run_start))
+            batches += self._append_run(chunk[run_start:], base + run_start, line_no)
+
+        return batches
+
+    def _detect(self, chunk: bytes) -> None:
+        for line in chunk.split(b"\n"):
+            stripped = line.strip()
+            if not stripped:
+                continue
+            if stripped.startswith(b"#"):
+                self.format = "tsv"
+            elif stripped.startswith(b"{"):
+                self.format = "json"
+            elif stripped.startswith(b"ts\t") or stripped == b"ts":
+                raise LogFormatError(
+                    f"{self.source}: the first line is a bare column list "
+                    f"({stripped[:60]!r}) without Zeek's '#' header, as "
+                    "`zeek-cut -c` writes it; read the original log instead"
+                )
+            else:
+                raise LogFormatError(
+                    f"{self.source}: not a Zeek log: the first line "
+                    f"({stripped[:60]!r}) is neither a '#' header (TSV) "
+                    "nor a JSON object; give a Zeek TSV or JSON log"
+                )
+            return
+
+    def _is_header(self, line: bytes) -> bool:
+        key = line[1:].split(b" ", 1)[0].split(b"\t", 1)[0]
+        if key in _HEADER_KEYS:
+            return True
+        # A custom separator: `#fields|ts|uid`.
+        sep = self._header.separator
+        return line[1:].split(sep, 1)[0] in _HEADER_KEYS
+
+    def _header_line(self, line: bytes, end: int) -> None:
+        line = line.removesuffix(b"\r")
+        if line.startswith(b"#separator"):
+            # A new header block: forget everything the last one said.
+            value = line[len(b"#separator") :].lstrip(b" \t")
+            separator = unescape(value)
+            if not separator:
+                self._header = _Header(broken="empty #separator")
+            else:
+                self._header = _Header(separator=separator)
+            self.closed = False
+            return
+
+        header = self._header
+        key, _, value = line[1:].partition(header.separator)
+        if key == b"close":
+            self.closed = True
+        elif key == b"set_separator":
+            header.markers = Markers(
+                header.markers.unset, header.markers.empty, unescape(value)
+            )
+        elif key == b"empty_field":
+            header.markers = Markers(
+                header.markers.unset, unescape(value), header.markers.set_separator
+            )
+        elif key == b"unset_field":
+            header.markers = Markers(
+                unescape(value), header.markers.empty, header.markers.set_separator
+            )
+        elif key == b"path":
+            header.path = _decode_meta(value)
+        elif key == b"open":
+            header.open = _decode_meta(value)
+        elif key == b"fields":
+            header.fields = [_decode_meta(v) for v in value.split(header.separator)]
+            self.closed = False
+        elif key == b"types":
+            header.types = [_decode_meta(v) for v in value.split(header.separator)]
+
+    # -- pending records --------------------------------------------------
+
+    def _append_run(self, run: bytes, offset: int, line_no: int) -> list[Batch]:
+        """Queue a run of data lines; return the batches it fills."""
+        if offset + len(run) <= self.skip_until:
+            return []
+        if offset < self.skip_until:
+            # Resuming inside this run: drop the lines already delivered.
+            cut = self.skip_until - offset
+            if run[cut - 1 : cut] != b"\n":
+                cut = run.find(b"\n", cut) + 1
+            line_no += run.count(b"\n", 0, cut)
+            offset += cut
+            run = run[cut:]
+            if not run:
+                return []
+
+        if not self._pending:
+            self._pending_offset = offset
+            self._pending_line_no = line_no
+        self._pending += run
+        self._pending_lines += run.count(b"\n")
+
+        return self._emit_pending(everything=False)
+
+    def _emit_pending(self, *, everything: bool) -> list[Batch]:
+        batches: list[Batch] = []
+        while self._pending_lines >= self.batch_size or (
+            everything and self._pending_lines
+        ):
+            take = min(self._pending_lines, self.batch_size)
+            if take == self._pending_lines:
+                size = len(self._pending)
+            else:
+                view = np.frombuffer(self._pending, dtype=np.uint8)
+                size = int(np.flatnonzero(view == 0x0A)[take - 1]) + 1
+            block = bytes(self._pending[:size])
+            del self._pending[:size]
+            first_line = self._pending_line_no
+            self._pending_lines -= take
+            self._pending_line_no += take
+            self._pending_offset += size
+            batch = self._decode_block(block, first_line, self._pending_offset)
+            if batch is not None:
+                batches.append(batch)
+
+        return batches
+
+    def _decode_block(self, block: bytes, first_line: int, end: int) -> Batch | None:
+        if self.format == "json":
+            records, log_path = self._decode_json(block, first_line)
+        else:
+            records, log_path = self._decode_tsv(block, first_line)
+        if records is None or records.num_rows == 0:
+            return None
+        self.stats.records += records.num_rows
+        self.stats.batches += 1
+
+        return Batch(records, log_path, self.source, end)
+
+    def _skip(self, line_no: int, reason: str) -> None:
+        self.stats.skipped += 1
+        if self.stats.skipped <= SKIP_LOG_LIMIT:
+            log.warning("record.skipped", file=self.source, line=line_no, reason=reason)
+
+    def _warn_once(self, key: str, event: str, **details: Any) -> None:
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        log.warning(event, file=self.source, **details)
+
+    # -- TSV --------------------------------------------------------------
+
+    def _decode_tsv(
+        self, block: bytes, first_line: int
+    ) -> tuple[pa.RecordBatch | None, str | None]:
+        header = self._header
+        count = block.count(b"\n")
+        if header.broken is not None or not header.ready or self.closed:
+            if header.broken is not None:
+                reason = f"unusable header: {header.broken}"
+            elif self.closed:
+                reason = "data line after #close"
+            else:
+                reason = "data line before any #fields header"
+            for index in range(count):
+                self._skip(first_line + index, reason)
+            return None, None
+
+        assert header.fields is not None
+        names = header.fields
+        types = header.types
+        if types is None:
+            self._warn_once(
+                "no-types", "header.no_types", fields=len(names), using="string"
+            )
+            types = ["string"] * len(names)
+        if len(types) != len(names):
+            header.broken = (
+                f"#fields has {len(names)} names but #types has {len(types)}"
+            )
+            log.error("header.unusable", file=self.source, reason=header.broken)
+            return self._decode_tsv(block, first_line)
+
+        columns, line_numbers = self._split_tsv(block, first_line, len(names))
+        if not line_numbers.size:
+            return None, None
+
+        return self._build_tsv(names, types, columns, line_numbers)
+
+    def _split_tsv(
+        self, block: bytes, first_line: int, width: int
+    ) -> tuple[list[pa.Array], np.ndarray]:
+        """Split lines into raw binary columns; reject wrong field counts."""
+        lines_total = block.count(b"\n")
+        line_numbers = np.arange(first_line, first_line + lines_total)
+        separator = self._header.separator
+
+        simple = (
+            b"\r" not in block
+            and b"\n\n" not in block
+            and not block.startswith(b"\n")
+            and len(separator) == 1
+            and separator[0] < 0x80
+            and separator not in b"\n\r"
+        )
+        if not simple:
+            return self._split_tsv_python(block, line_numbers, width)
+
+        rejected: list[tuple[int, int]] = []
+
+        def reject(row: Any) -> str:
+            rejected.append((row.number, row.actual_columns))
+            return "skip"
+
+        names = [f"f{i}" for i in range(width)]
+        table = pacsv.read_csv(
+            io.BytesIO(block),
+            read_options=pacsv.ReadOptions(
+                column_names=names,
+                use_threads=False,
+                block_size=max(len(block) + 1, 1 << 16),
+            ),
+            parse_options=pacsv.ParseOptions(
+                delimiter=separator.decode("ascii"),
+                quote_char=False,
+                escape_char=False,
+                double_quote=False,
+                ignore_empty_lines=False,
+                invalid_row_handler=reject,
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={name: pa.binary() for name in names},
+                null_values=[],
+                strings_can_be_null=False,
+                quoted_strings_can_be_null=False,
+                check_utf8=False,
+            ),
+        )
+        keep = np.ones(lines_total, dtype=bool)
+        for number, actual in rejected:
+            keep[number - 1] = False
+            self._skip(
+                int(line_numbers[number - 1]), f"{actual} fields, expected {width}"
+            )
+        columns = [column.combine_chunks() for column in table.columns]
+
+        return columns, line_numbers[keep]
+
+    def _split_tsv_python(
+        self, block: bytes, line_numbers: np.ndarray, width: int
+    ) -> tuple[list[pa.Array], np.ndarray]:
+        separator = self._header.separator
+        rows: list[list[bytes]] = []
+        kept: list[int] = []
+        for index, line in enumerate(block.split(b"\n")[:-1]):
+            line = line.removesuffix(b"\r")
+            if not line:
+                self.stats.blank += 1
+                continue
+            fields = line.split(separator)
+            if len(fields) != width:
+                self._skip(
+                    int(line_numbers[index]),
+                    f"{len(fields)} fields, expected {width}",
+                )
+                continue
+            rows.append(fields)
+            kept.append(index)
+        columns = [
+            pa.array([row[i] for row in rows], type=pa.binary()) for i in range(width)
+        ]
+
+        return columns, line_numbers[np.array(kept, dtype=np.int64)]
+
+    def _build_tsv(
+        self,
+        names: list[str],
+        types: list[str],
+        columns: list[pa.Array],
+        line_numbers: np.ndarray,
+    ) -> tuple[pa.RecordBatch | None, str | None]:
+        header = self._header
+        arrays: dict[str, pa.Array] = {}
+        zeek_types: dict[str, str] = {}
+        bad = np.zeros(len(line_numbers), dtype=bool)
+        reasons: dict[int, str] = {}
+        for name, zeek_type, raw in zip(names, types, columns, strict=True):
+            if not name:
+                self._warn_once(
+                    "empty-name", "header.empty_field_name", action="ignored"
+                )
+                continue
+            if name in arrays:
+                self._warn_once(f"dup-{name}", "header.duplicate_field", field=name)
+                continue
+            typed, invalid = convert_column(raw, zeek_type, header.markers)
+            if invalid is not None:
+                for index in np.flatnonzero(invalid & ~bad).tolist():
+                    reasons[index] = f"invalid {zeek_type} in {name}"
+                bad |= invalid
+            arrays[name] = typed
+            zeek_types[name] = zeek_type
+
+        log_path = header.path or self.log_path
+        records = self._assemble(arrays, zeek_types, log_path, header.open)
+        if bad.any():
+            for index in sorted(reasons):
+                self._skip(int(line_numbers[index]), reasons[index])
+            records = records.filter(pa.array(~bad))
+
+        return records, log_path
+
+    # -- schema -----------------------------------------------------------
+
+    def _assemble(
+        self,
+        arrays: dict[str, pa.Array],
+        zeek_types: dict[str, str],
+        log_path: str | None,
+        opened: str | None,
+    ) -> pa.RecordBatch:
+        """Order and cast the columns; apply a known log's schema."""
+        known = KNOWN_SCHEMAS.get(log_path or "")
+        fields: list[pa.Field] = []
+        columns: list[pa.Array] = []
+        length = len(next(iter(arrays.values()))) if arrays else 0
+        if known is not None:
+            missing = [f.name for f in known if f.name not in arrays]
+            if missing:
+                self._warn_once(
+                    "missing-" + ",".join(missing),
+                    "file.missing_fields",
+                    log_path=log_path,
+                    fields=missing,
+                    action="all-null columns",
+                )
+            for known_field in known:
+                values = arrays.get(known_field.name)
+                if values is None:
+                    columns.append(pa.nulls(length, known_field.type))
+                    fields.append(known_field)
+                    continue
+                columns.append(self._conform(known_field, values))
+                fields.append(
+                    known_field.with_metadata(
+                        {"zeek_type": zeek_types[known_field.name]}
+                    )
+                )
+        for name, values in arrays.items():
+            if known is not None and name in known.names:
+                continue
+            columns.append(values)
+            fields.append(
+                pa.field(name, values.type, metadata={"zeek_type": zeek_types[name]})
+            )
+
+        fingerprint = hashlib.sha256(
+            json.dumps([[f.name, str(f.type)] for f in fields]).encode()
+        ).hexdigest()[:16]
+        metadata = {
+            "zeek.path": log_path or "",
+            "zeek.open": opened or "",
+            "zeek.format": self.format or "",
+            "zeek.fingerprint": fingerprint,
+        }
+        schema = pa.schema(fields, metadata=metadata)
+
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    def _conform(self, known_field: pa.Field, values: pa.Array) -> pa.Array:
+        try:
+            return conform(values, known_field.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise LogFormatError(
+                f"{self.source}: field {known_field.name!r} holds "
+                f"{values.type}, which cannot be read as the "
+                f"{known_field.type} a {self.log_path or 'known'} log needs "
+                f"({exc}); check the log's #types line"
+            ) from exc
+
+    # -- JSON -------------------------------------------------------------
+
+    def _decode_json(
+        self, block: bytes, first_line: int
+    ) -> tuple[pa.RecordBatch | None, str | None]:
+        records: list[dict[str, Any]] = []
+        line_numbers: list[int] = []
+        for index, line in enumerate(block.split(b"\n")[:-1]):
+            line = line.removesuffix(b"\r")
+            if not line.strip():
+                self.stats.blank += 1
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                self._skip(first_line + index, f"not JSON: {exc}")
+                continue
+            if not isinstance(record, dict):
+                self._skip(first_line + index, "JSON value is not an object")
+                continue
+            records.append(record)
+            line_numbers.append(first_line + index)
+        if not records:
+            return None, None
+
+        if self._json_path is None:
+            path = records[0].get("_path")
+            self._json_path = self.log_path or (path if isinstance(path, str) else None)
+        log_path = self._json_path
+        known = KNOWN_SCHEMAS.get(log_path or "")
+
+        keys: dict[str, None] = {}
+        for record in records:
+            keys.update(dict.fromkeys(record))
+        arrays: dict[str, pa.Array] = {}
+        zeek_types: dict[str, str] = {}
+        bad = np.zeros(len(records), dtype=bool)
+        reasons: dict[int, str] = {}
+        for key in keys:
+            raw = [record.get(key) for record in records]
+            if known is not None and key in known.names:
+                zeek_type = known.field(key).metadata[b"zeek_type"].decode()
+            else:
+                zeek_type = self._json_type(key, raw)
+            values, invalid = _json_column(raw, zeek_type)
+            for index in invalid:
+                if not bad[index]:
+                    reasons[index] = f"invalid {zeek_type} in {key}"
+                bad[index] = True
+            arrays[key] = values
+            zeek_types[key] = zeek_type
+
+        batch = self._assemble(arrays, zeek_types, log_path, None)
+        if bad.any():
+            for index in sorted(reasons):
+                self._skip(line_numbers[index], reasons[index])
+            batch = batch.filter(pa.array(~bad))
+
+        return batch, log_path
+
+    def _json_type(self, key: str, values: list[Any]) -> str:
+        """Zeek field type for a key no known schema names; fixed per file."""
+        known = self._json_types.get(key)
+        if known is not None:
+            return known
+        present = [v for v in values if v is not None]
+        if not present:
+            return "string"
+        zeek_type = _infer_zeek_type(key, present)
+        self._json_types[key] = zeek_type
+
+        return zeek_type
+
+
+def _infer_zeek_type(key: str, present: list[Any]) -> str:
+    if key == "ts" or key.endswith("_ts"):
+        return "time"
+    if all(isinstance(v, list) for v in present):
+        elements = [e for v in present for e in v if e is not None]
+        inner = _infer_zeek_type("", elements) if elements else "string"
+        return f"vector[{inner}]"
+    if all(isinstance(v, bool) for v in present):
+        return "bool"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return "count" if all(v >= 0 for v in present) else "int"
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in present):
+        return "double"
+
+    return "string"
+
+
+def _json_scalar(value: Any, zeek_type: str) -> Any:
+    """One JSON value as the Python value of its Arrow type."""
+    if zeek_type in ("time", "interval"):
+        if isinstance(value, bool):
+            raise ValueError("bool is not a time")
+        if isinstance(value, int):
+            return value * 1_000_000
+        if isinstance(value, float):
+            return round(value * 1_000_000)
+        if isinstance(value, str):
+            try:
+                return round(float(value) * 1_000_000)
+            except ValueError:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+                if moment.tzinfo is None:
+                    raise ValueError(f"time {value!r} has no time zone") from None
+                delta = moment - datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+                return (
+                    delta.days * 86_400_000_000
+                    + delta.seconds * 1_000_000
+                    + delta.microseconds
+                )
+        raise ValueError(f"{value!r} is not a time")
+    if zeek_type in ("count", "counter", "int", "port"):
+        if isinstance(value, str) and zeek_type == "port":
+            value = int(value.split("/", 1)[0])
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{value!r} is not an integer")
+        low, high = {
+            "int": (-(2**63), 2**63 - 1),
+            "port": (0, 65535),
+        }.get(zeek_type, (0, 2**64 - 1))
+        if not low <= value <= high:
+            raise ValueError(f"{value} out of range")
+        return value
+    if zeek_type == "double":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{value!r} is not a number")
+        return float(value)
+    if zeek_type == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a bool")
+        return value
+    if zeek_type == "addr":
+        return normalise_addr(str(value))
+    if zeek_type == "subnet":
+        return normalise_subnet(str(value))
+    if isinstance(value, dict | list):
+        text = json.dumps(value, separators=(",", ":"))
+    else:
+        text = value if isinstance(value, str) else json.dumps(value)
+    raw = unescape_hex_only(text.encode("utf-8", "surrogatepass"))
+    if zeek_type == "string":
+        return raw
+
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _json_column(values: list[Any], zeek_type: str) -> tuple[pa.Array, list[int]]:
+    """A JSON column as its Arrow type, plus indexes of invalid records."""
+    target = arrow_type(zeek_type)
+    kind, inner = split_container(zeek_type)
+    out: list[Any] = []
+    invalid: list[int] = []
+    for index, value in enumerate(values):
+        if value is None:
+            out.append(None)
+            continue
+        try:
+            if kind is None:
+                out.append(_json_scalar(value, zeek_type))
+            elif isinstance(value, list):
+                out.append(
+                    [None if v is None else _json_scalar(v, inner) for v in value]
+                )
+            else:
+                raise ValueError(f"{value!r} is not a list")
+        except (ValueError, TypeError, OverflowError):
+            out.append(None)
+            invalid.append(index)
+    if kind is None and zeek_type in ("time", "interval"):
+        return pa.array(out, type=pa.int64()).cast(target), invalid
+    if kind is not None and inner in ("time", "interval"):
+        micros = pa.array(out, type=pa.list_(pa.int64()))
+        return micros.cast(target), invalid
+
+    return pa.array(out, type=target), invalid
+
+
+# -- files ----------------------------------------------------------------
+
+
+class _GzipStream(io.RawIOBase):
+    """Decompress a gzip file as a stream that ends quietly where it breaks.
+
+    A gzip cut short (Zeek killed mid-write, compression in flight) yields
+    everything decompressed so far; `error` then says what was wrong.
+    Multi-member files (concatenated gzip) are read member after member.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._ready = b""
+        self._done = False
+        self.error: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._ready and not self._done:
+            self._refill()
+        size = min(len(buffer), len(self._ready))
+        buffer[:size] = self._ready[:size]
+        self._ready = self._ready[size:]
+
+        return size
+
+    def _refill(self) -> None:
+        compressed = self._raw.read(READ_CHUNK)
+        if not compressed:
+            self._done = True
+            if not self._inflate.eof or self._inflate.unconsumed_tail:
+                self.error = "gzip stream ends early (no trailer)"
+            return
+        try:
+            self._ready = self._inflate.decompress(compressed)
+            while self._inflate.eof and self._inflate.unused_data:
+                rest = self._inflate.unused_data
+                self._inflate = zlib.decompressobj(wbits=31)
+                self._ready += self._inflate.decompress(rest)
+        except zlib.error as exc:
+            self._done = True
+            self.error = f"corrupt gzip data: {exc}"
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def open_log_bytes(path: str | PathLike[str]) -> BinaryIO:
+    """Open a log for reading bytes, decompressing gzip found by content.
+
+    gzip is recognised by its magic bytes `1f 8b`, whatever the name. A
+    truncated or corrupt gzip does not raise: reading stops where the data
+    breaks and the stream's `error` attribute says why.
+
+    Raises:
+        OSError: the file cannot be opened.
+    """
+    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller
+    if raw.read(2) == b"\x1f\x8b":
+        raw.seek(0)
+        return io.BufferedReader(_GzipStream(raw), READ_CHUNK)
+    raw.seek(0)
+
+    return raw
+
+
+def read_log(
+    path: str | PathLike[str],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    log_path: str | None = None,
+) -> Iterator[Batch]:
+    """Read a whole finished log file, batch by batch.
+
+    Raises:
+        LogFormatError: the file is not a Zeek log.
+        OSError: the file cannot be read.
+    """
+    source = str(path)
+    decoder = LogDecoder(source, batch_size=batch_size, log_path=log_path)
+    with open_log_bytes(path) as stream:
+        while chunk := stream.read(READ_CHUNK):
+            yield from decoder.feed(chunk)
+        error = _stream_error(stream)
+        if error is not None:
+            decoder.note_error("file.truncated", reason=error)
+    yield from decoder.finish()
+    log.debug("file.read", file=source, **decoder.stats.as_dict())
+
+
+def _stream_error(stream: IO[bytes]) -> str | None:
+    raw = getattr(stream, "raw", None)
+    error = getattr(raw, "error", None)
+
+    return error if isinstance(error, str) else None

@@ -1,0 +1,471 @@
+"""Zeek field types to Arrow: the one type table and the column converters.
+
+Every field of a Zeek log reaches Arrow through `arrow_type`, so a field type
+means the same thing in TSV and JSON logs, in tests and in the daemon:
+
+| Zeek field type            | Arrow type                       |
+|----------------------------|----------------------------------|
+| time                       | timestamp("us", tz="UTC")        |
+| interval                   | duration("us")                   |
+| count, counter             | uint64 (exact up to 2**64 - 1)   |
+| int                        | int64                            |
+| double                     | float64                          |
+| port                       | uint16 (`443/tcp` -> 443)        |
+| addr, subnet               | string, normalised by ipaddress  |
+| bool                       | bool                             |
+| string                     | binary (lossless, see below)     |
+| enum, pattern, func, file  | string                           |
+| set[T], vector[T], table[T]| list(T)                          |
+| anything else              | string, with one warning         |
+
+Zeek's `string` can hold any bytes (payloads, URIs, user agents), so it is
+kept as Arrow `binary`: `\\xNN` escapes become the bytes they stand for and
+nothing is lost when a value is not UTF-8. The logs the daemon knows
+(`KNOWN_SCHEMAS` in `sensor.reader`) declare their identifier-like string
+fields (uid, history, service ...) as Arrow `string` instead.
+
+Addresses are stored as text in the form `ipaddress` prints them (IPv6
+compressed and lower-case, IPv4 dotted quad), so one column holds both
+families and equal addresses compare equal; a `%zone` suffix is stripped
+with one warning.
+
+Unset values (`#unset_field`, `-`) are nulls in every field type, never 0,
+False or 1970; the empty marker (`(empty)`) is an empty list in containers
+and an empty string in string fields.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import structlog
+
+log = structlog.get_logger(__name__)
+
+TIME_TYPE: Final = pa.timestamp("us", tz="UTC")
+INTERVAL_TYPE: Final = pa.duration("us")
+
+_SCALAR_TYPES: Final[dict[str, pa.DataType]] = {
+    "time": TIME_TYPE,
+    "interval": INTERVAL_TYPE,
+    "count": pa.uint64(),
+    # Bro 1.x/2.0 wrote `counter` for what later became `count`.
+    "counter": pa.uint64(),
+    "int": pa.int64(),
+    "double": pa.float64(),
+    "port": pa.uint16(),
+    "addr": pa.string(),
+    "subnet": pa.string(),
+    "bool": pa.bool_(),
+    "string": pa.binary(),
+    "enum": pa.string(),
+    "pattern": pa.string(),
+    "func": pa.string(),
+    "file": pa.string(),
+}
+
+_CONTAINER = re.compile(r"^(set|vector|table)\[(.+)\]$")
+_ESCAPE = re.compile(rb"\\(?:x([0-9a-fA-F]{2})|(\\))")
+_FIXED_POINT = r"^(?P<i>-?\d+)(?:\.(?P<f>\d{0,6})\d*)?$"
+_MICROS = 1_000_000
+_UINT64_MAX = 2**64 - 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+_warned_types: set[str] = set()
+_warned_zones = False
+
+
+@dataclass(frozen=True)
+class Markers:
+    """The markers a TSV header announces, as raw bytes."""
+
+    unset: bytes = b"-"
+    empty: bytes = b"(empty)"
+    set_separator: bytes = b","
+
+
+def split_container(zeek_type: str) -> tuple[str | None, str]:
+    """Return (container kind, element type) of a field type.
+
+    `set[string]` gives ("set", "string"); a scalar type gives (None, type).
+    Bro's `table[T]` is what later became `set[T]`.
+    """
+    match = _CONTAINER.match(zeek_type)
+    if match is None:
+        return None, zeek_type
+
+    return match.group(1), match.group(2)
+
+
+def arrow_type(zeek_type: str) -> pa.DataType:
+    """Map one Zeek field type to its Arrow type (see the module's table).
+
+    Unknown types become `string`, with one warning per type name.
+    """
+    kind, inner = split_container(zeek_type)
+    if kind is not None:
+        return pa.list_(arrow_type(inner))
+    known = _SCALAR_TYPES.get(zeek_type)
+    if known is not None:
+        return known
+    if zeek_type not in _warned_types:
+        _warned_types.add(zeek_type)
+        log.warning("type.unknown", zeek_type=zeek_type, arrow_type="string")
+
+    return pa.string()
+
+
+def unescape(value: bytes) -> bytes:
+    """Decode Zeek's `\\xNN` escapes (and the older `\\\\`) in one value.
+
+    Malformed escapes such as `\\xZZ` or a trailing `\\x4` stay as they are.
+    """
+    if b"\\" not in value:
+        return value
+
+    def byte(match: re.Match[bytes]) -> bytes:
+        if match.group(2) is not None:
+            return b"\\"
+        return bytes((int(match.group(1), 16),))
+
+    return _ESCAPE.sub(byte, value)
+
+
+def unescape_hex_only(value: bytes) -> bytes:
+    """Decode only `\\xNN` escapes: the form Zeek's JSON writer uses."""
+    if b"\\x" not in value:
+        return value
+
+    return re.sub(
+        rb"\\x([0-9a-fA-F]{2})", lambda m: bytes((int(m.group(1), 16),)), value
+    )
+
+
+def normalise_addr(text: str) -> str:
+    """Return an address in `ipaddress`'s canonical form.
+
+    Raises:
+        ValueError: the text is not an IPv4 or IPv6 address.
+    """
+    global _warned_zones
+    if "%" in text:
+        text = text.split("%", 1)[0]
+        if not _warned_zones:
+            _warned_zones = True
+            log.warning("addr.zone_stripped", example=text)
+
+    return str(ipaddress.ip_address(text))
+
+
+def normalise_subnet(text: str) -> str:
+    """Return a subnet in `ipaddress`'s canonical form (host bits cleared)."""
+    return str(ipaddress.ip_network(text, strict=False))
+
+
+# -- converters over raw TSV columns -------------------------------------
+#
+# A converter takes the raw field values of one column (binary, nulls where
+# the field was unset) and returns the typed array plus a boolean mask of
+# records whose value could not be read, or None when every value was fine.
+
+Converted = tuple[pa.Array, np.ndarray | None]
+
+
+def _bad_mask(values: pa.Array, result: pa.Array) -> np.ndarray | None:
+    """Records that had a value but got none: the value was invalid."""
+    lost = pc.and_(values.is_valid(), result.is_null())
+    if not pc.any(lost).as_py():
+        return None
+
+    return np.asarray(lost.to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _per_value(
+    values: pa.Array, parse: Callable[[bytes], object], target: pa.DataType
+) -> Converted:
+    """Slow path: parse each value in Python, nulls for the bad ones."""
+    out: list[object] = []
+    bad = np.zeros(len(values), dtype=bool)
+    for index, raw in enumerate(values.to_pylist()):
+        if raw is None:
+            out.append(None)
+            continue
+        try:
+            out.append(parse(raw))
+        except (ValueError, OverflowError, UnicodeDecodeError):
+            out.append(None)
+            bad[index] = True
+
+    return pa.array(out, type=target), (bad if bad.any() else None)
+
+
+def _parse_micros(raw: bytes) -> int:
+    """`1796378400.101010` -> microseconds, exactly; exponents allowed."""
+    text = raw.decode("ascii")
+    match = re.match(_FIXED_POINT, text)
+    if match is None:
+        number = float(text)
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"not a finite number: {text!r}")
+        return round(number * _MICROS)
+    whole = int(match.group("i"))
+    frac = int((match.group("f") or "").ljust(6, "0"))
+    micros = abs(whole) * _MICROS + frac
+
+    return -micros if text.startswith("-") else micros
+
+
+def _to_micros(values: pa.Array) -> Converted:
+    """Fixed-point seconds text -> int64 microseconds, never via float."""
+    try:
+        text = values.cast(pa.string())
+        parts = pc.extract_regex(text, _FIXED_POINT)
+        whole = pc.abs_checked(parts.field("i").cast(pa.int64()))
+        frac = pc.utf8_rpad(parts.field("f"), width=6, padding="0")
+        micros = pc.add_checked(
+            pc.multiply_checked(whole, _MICROS), frac.cast(pa.int64())
+        )
+        micros = pc.if_else(pc.starts_with(text, "-"), pc.negate(micros), micros)
+        micros = pc.if_else(parts.is_valid(), micros, pa.scalar(None, pa.int64()))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _per_value(values, _parse_micros, pa.int64())
+    bad = _bad_mask(values, micros)
+    if bad is not None:
+        # Some values are not plain fixed point (e.g. `1e+20`): let Python
+        # judge each one rather than reject what float() can still read.
+        return _per_value(values, _parse_micros, pa.int64())
+
+    return micros, None
+
+
+def _convert_time(values: pa.Array, target: pa.DataType) -> Converted:
+    micros, bad = _to_micros(values)
+
+    return micros.cast(target), bad
+
+
+def _parse_int(low: int, high: int) -> Callable[[bytes], object]:
+    def parse(raw: bytes) -> object:
+        number = int(raw.decode("ascii"))
+        if not low <= number <= high:
+            raise ValueError(f"{number} out of range")
+        return number
+
+    return parse
+
+
+def _convert_integer(values: pa.Array, target: pa.DataType) -> Converted:
+    try:
+        return values.cast(pa.string()).cast(target), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        if target == pa.uint64():
+            return _per_value(values, _parse_int(0, _UINT64_MAX), target)
+        return _per_value(values, _parse_int(_INT64_MIN, _INT64_MAX), target)
+
+
+def _convert_double(values: pa.Array, target: pa.DataType) -> Converted:
+    try:
+        return values.cast(pa.string()).cast(pa.float64()), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _per_value(values, lambda raw: float(raw.decode("ascii")), target)
+
+
+def _parse_port(raw: bytes) -> int:
+    number = int(raw.decode("ascii").split("/", 1)[0])
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port {number} out of range")
+
+    return number
+
+
+def _convert_port(values: pa.Array, target: pa.DataType) -> Converted:
+    try:
+        text = values.cast(pa.string())
+        if pc.any(pc.match_substring(text, "/")).as_py():
+            text = pc.replace_substring_regex(text, pattern="/[a-z_]*$", replacement="")
+        return text.cast(pa.uint16()), None
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return _per_value(values, _parse_port, target)
+
+
+def _convert_bool(values: pa.Array, target: pa.DataType) -> Converted:
+    is_true = pc.equal(values, pa.scalar(b"T", pa.binary()))
+    is_false = pc.equal(values, pa.scalar(b"F", pa.binary()))
+    result = pc.if_else(pc.or_(is_true, is_false), is_true, pa.scalar(None, pa.bool_()))
+
+    return result, _bad_mask(values, result)
+
+
+def _convert_by_unique(values: pa.Array, normalise: Callable[[str], str]) -> Converted:
+    """Normalise each distinct value once, then map the records onto them."""
+    distinct = pc.unique(values)
+    normalised: list[str | None] = []
+    for raw in distinct.to_pylist():
+        if raw is None:
+            normalised.append(None)
+            continue
+        try:
+            normalised.append(normalise(raw.decode("ascii")))
+        except (ValueError, UnicodeDecodeError):
+            normalised.append(None)
+    positions = pc.index_in(values, value_set=distinct)
+    result = pc.take(pa.array(normalised, type=pa.string()), positions)
+
+    return result, _bad_mask(values, result)
+
+
+def _convert_addr(values: pa.Array, target: pa.DataType) -> Converted:
+    return _convert_by_unique(values, normalise_addr)
+
+
+def _convert_subnet(values: pa.Array, target: pa.DataType) -> Converted:
+    return _convert_by_unique(values, normalise_subnet)
+
+
+def decode_escapes(values: pa.Array, *, hex_only: bool = False) -> pa.Array:
+    """Decode escapes in the few values that contain a backslash."""
+    has_escape = pc.fill_null(pc.match_substring(values, "\\"), False)
+    if not pc.any(has_escape).as_py():
+        return values
+    decode = unescape_hex_only if hex_only else unescape
+    picked = pc.filter(values, has_escape).to_pylist()
+    decoded = pa.array([decode(raw) for raw in picked], type=pa.binary())
+
+    return pc.replace_with_mask(values, has_escape, decoded)
+
+
+def to_text(values: pa.Array) -> pa.Array:
+    """binary -> string; values that are not UTF-8 get backslash escapes.
+
+    Used for field types whose values are identifiers (enum, uid, history):
+    Zeek writes them in ASCII, so the fallback is a safety net, not a path.
+    """
+    try:
+        return values.cast(pa.string())
+    except pa.ArrowInvalid:
+        log.warning("value.not_utf8", action="backslash-escaped")
+        texts = [
+            None if raw is None else raw.decode("utf-8", "backslashreplace")
+            for raw in values.to_pylist()
+        ]
+        return pa.array(texts, type=pa.string())
+
+
+def _convert_string(values: pa.Array, target: pa.DataType) -> Converted:
+    decoded = decode_escapes(values)
+    if target == pa.binary():
+        return decoded, None
+
+    return to_text(decoded), None
+
+
+_CONVERTERS: Final[dict[str, Callable[[pa.Array, pa.DataType], Converted]]] = {
+    "time": _convert_time,
+    "interval": _convert_time,
+    "count": _convert_integer,
+    "counter": _convert_integer,
+    "int": _convert_integer,
+    "double": _convert_double,
+    "port": _convert_port,
+    "addr": _convert_addr,
+    "subnet": _convert_subnet,
+    "bool": _convert_bool,
+}
+
+
+def _convert_scalar(values: pa.Array, zeek_type: str, target: pa.DataType) -> Converted:
+    converter = _CONVERTERS.get(zeek_type, _convert_string)
+
+    return converter(values, target)
+
+
+def convert_column(raw: pa.Array, zeek_type: str, markers: Markers) -> Converted:
+    """Turn one column of raw TSV field values into its Arrow type.
+
+    The unset and empty markers are compared with the whole raw field first;
+    containers are then split on the set separator, and only after that are
+    escapes decoded, so `\\x2d` stays the string `-` and `\\x2c` stays inside
+    its element.
+
+    Args:
+        raw: the fields as they were in the file (binary, no nulls).
+        zeek_type: the field type from `#types`.
+        markers: the header's unset and empty markers and set separator.
+
+    Returns:
+        The typed array, and a mask of records whose value was invalid (or
+        None when all were fine).
+    """
+    target = arrow_type(zeek_type)
+    kind, inner = split_container(zeek_type)
+    unset = pc.equal(raw, pa.scalar(markers.unset, pa.binary()))
+    empty = pc.equal(raw, pa.scalar(markers.empty, pa.binary()))
+    null_binary = pa.scalar(None, pa.binary())
+
+    if kind is None:
+        values = pc.if_else(unset, null_binary, raw)
+        if zeek_type not in _CONVERTERS:
+            # string-like: the empty marker is the empty string.
+            values = pc.if_else(empty, pa.scalar(b"", pa.binary()), values)
+        return _convert_scalar(values, zeek_type, target)
+
+    values = pc.if_else(pc.or_(unset, empty), null_binary, raw)
+    lists = pc.split_pattern(values, pattern=markers.set_separator)
+    elements = lists.flatten()
+    element_unset = pc.equal(elements, pa.scalar(markers.unset, pa.binary()))
+    elements = pc.if_else(element_unset, null_binary, elements)
+    typed, bad_elements = _convert_scalar(elements, inner, target.value_type)
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
+    offsets = np.zeros(len(raw) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    result = pa.ListArray.from_arrays(
+        pa.array(offsets, type=pa.int32()), typed, mask=unset
+    )
+    bad = None
+    if bad_elements is not None:
+        owner = np.repeat(np.arange(len(raw)), lengths)
+        bad = np.zeros(len(raw), dtype=bool)
+        bad[owner[bad_elements]] = True
+
+    return result, bad
+
+
+def conform(values: pa.Array, target: pa.DataType) -> pa.Array:
+    """Cast a converted column to a known schema's type.
+
+    binary -> string goes through `to_text`, also inside lists.
+
+    Raises:
+        pa.ArrowInvalid: the column cannot be represented as `target`.
+    """
+    if values.type == target:
+        return values
+    if values.type == pa.binary() and target == pa.string():
+        return to_text(values)
+    if (
+        pa.types.is_list(values.type)
+        and pa.types.is_list(target)
+        and values.type.value_type == pa.binary()
+        and target.value_type == pa.string()
+    ):
+        text = to_text(values.values)
+        return pa.ListArray.from_arrays(values.offsets, text, mask=values.is_null())
+
+    return values.cast(target)
+
+
+def field_types(fields: Sequence[tuple[str, str]]) -> pa.Schema:
+    """Arrow schema for (name, Zeek type) pairs, keeping the Zeek type."""
+    return pa.schema(
+        [
+            pa.field(name, arrow_type(zeek_type), metadata={"zeek_type": zeek_type})
+            for name, zeek_type in fields
+        ]
+    )
