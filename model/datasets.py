@@ -1,0 +1,277 @@
+"""Labeled data for the detection benchmarks: label joins and splits.
+
+Packets come from `sample_pcap`, so they are sampled by the product's own
+rule. A packet takes the label of its connection in a `connections.tsv`
+(pcap, first_ts in microseconds, proto, 5-tuple): the row with the same
+protocol and the same two endpoints, in either order, whose first
+timestamp is the latest one not after the packet. That is how the labels'
+own packet counts were made, and it does not depend on which side our
+connection tracking calls the originator.
+
+Splits are by connection and seeded; `write_split` stores them as a file
+list (one connection per line) so a run can be repeated elsewhere.
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import structlog
+
+from model.features.packet import parse_frames
+from model.features.pcap import sample_pcap
+from sensor.errors import ConfigError
+
+log = structlog.get_logger(__name__)
+
+_PROTO_NUMBER: Final = {"tcp": 6, "udp": 17, "icmp": 1}
+BENIGN: Final = "benign"
+ATTACK: Final = "attack"
+BACKGROUND: Final = "background"
+
+
+@dataclass(frozen=True)
+class ConnLabel:
+    """One labeled connection of a capture."""
+
+    pcap: str
+    first_ts_us: int
+    proto: str
+    orig_h: str
+    orig_p: int
+    resp_h: str
+    resp_p: int
+    label: str
+    family: str
+
+    @property
+    def key(self) -> str:
+        """A stable text identity, used in split file lists."""
+        return (
+            f"{self.pcap}\t{self.first_ts_us}\t{self.proto}\t{self.orig_h}\t"
+            f"{self.orig_p}\t{self.resp_h}\t{self.resp_p}"
+        )
+
+
+def read_labels(path: str | Path) -> list[ConnLabel]:
+    """Read a `connections.tsv` label file.
+
+    Raises:
+        ConfigError: the file lacks a column this module needs.
+    """
+    with Path(path).open(newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        need = {"pcap", "first_ts", "proto", "orig_h", "orig_p", "resp_h", "resp_p"}
+        missing = need | {"label", "family"} - set(reader.fieldnames or ())
+        missing -= set(reader.fieldnames or ())
+        if missing:
+            raise ConfigError(
+                f"{path}: label file lacks columns {sorted(missing)}; expected "
+                "the connections.tsv format of shared/data/labels"
+            )
+
+        return [
+            ConnLabel(
+                pcap=r["pcap"],
+                first_ts_us=int(r["first_ts"]),
+                proto=r["proto"],
+                orig_h=r["orig_h"],
+                orig_p=int(r["orig_p"]),
+                resp_h=r["resp_h"],
+                resp_p=int(r["resp_p"]),
+                label=r["label"],
+                family=r["family"] or "-",
+            )
+            for r in reader
+        ]
+
+
+def _endpoint(addr: str, port: int) -> tuple[bytes, int]:
+    return ipaddress.ip_address(addr).packed, port
+
+
+class LabelIndex:
+    """Look up the labeled connection of a packet by endpoints and time."""
+
+    def __init__(self, labels: Iterable[ConnLabel]) -> None:
+        self._by_pair: dict[tuple[object, ...], tuple[list[int], list[int]]] = {}
+        self.labels = list(labels)
+        order = sorted(
+            range(len(self.labels)), key=lambda i: self.labels[i].first_ts_us
+        )
+        for i in order:
+            row = self.labels[i]
+            proto = _PROTO_NUMBER.get(row.proto, -1)
+            a = _endpoint(row.orig_h, row.orig_p)
+            b = _endpoint(row.resp_h, row.resp_p)
+            key = (row.pcap, proto, *sorted((a, b)))
+            times, ids = self._by_pair.setdefault(key, ([], []))
+            times.append(row.first_ts_us)
+            ids.append(i)
+
+    def find(
+        self,
+        pcap: str,
+        proto: int,
+        a: tuple[bytes, int],
+        b: tuple[bytes, int],
+        ts_us: int,
+    ) -> int:
+        """Index of the matching label row, or -1 when none matches."""
+        entry = self._by_pair.get((pcap, proto, *sorted((a, b))))
+        if entry is None:
+            return -1
+        times, ids = entry
+        pos = bisect.bisect_right(times, ts_us) - 1
+
+        return ids[pos] if pos >= 0 else -1
+
+
+@dataclass
+class PacketSet:
+    """Sampled packets of many captures with their connection labels.
+
+    `conn` indexes `labels` (-1: no labeled connection); `label` is the
+    connection's label text ("benign", "attack", "background", or "" when
+    unmatched).
+    """
+
+    frames: list[bytes]
+    link_types: list[str]
+    pcap: npt.NDArray[np.str_]
+    conn: npt.NDArray[np.int64]
+    label: npt.NDArray[np.str_]
+    family: npt.NDArray[np.str_]
+    ttl: npt.NDArray[np.int64]
+    wire_len: npt.NDArray[np.int64]
+    labels: list[ConnLabel]
+
+    def subset(self, mask: npt.NDArray[np.bool_]) -> PacketSet:
+        """The packets where `mask` is True."""
+        idx = np.flatnonzero(mask)
+        return PacketSet(
+            frames=[self.frames[i] for i in idx],
+            link_types=[self.link_types[i] for i in idx],
+            pcap=self.pcap[idx],
+            conn=self.conn[idx],
+            label=self.label[idx],
+            family=self.family[idx],
+            ttl=self.ttl[idx],
+            wire_len=self.wire_len[idx],
+            labels=self.labels,
+        )
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def _ttl(table: pa.Table) -> npt.NDArray[np.int64]:
+    frames = table.column("frame").to_pylist()
+    parsed = parse_frames(frames, table.column("link_type").to_pylist())
+    off = parsed.ip_off
+    rows = np.arange(len(frames))
+    hop = np.where(parsed.version == 4, off + 8, off + 7)
+
+    return parsed.data[rows, np.minimum(hop, parsed.data.shape[1] - 1)].astype(np.int64)
+
+
+def packet_set(
+    data_dir: Path, labels: Sequence[ConnLabel], pcaps: Iterable[str] | None = None
+) -> PacketSet:
+    """Sample every labeled capture and label its packets.
+
+    Args:
+        data_dir: `shared/data`; label `pcap` paths are relative to it.
+        labels: rows of one or more `connections.tsv` files.
+        pcaps: captures to use (default: every capture in `labels`).
+    """
+    index = LabelIndex(labels)
+    chosen = sorted({r.pcap for r in labels} if pcaps is None else set(pcaps))
+    frames: list[bytes] = []
+    links: list[str] = []
+    pcap_col: list[str] = []
+    conn_col: list[int] = []
+    ttl_parts: list[npt.NDArray[np.int64]] = []
+    wire: list[int] = []
+    for rel in chosen:
+        table = sample_pcap(data_dir / rel)
+        if table.num_rows == 0:
+            continue
+        parsed = parse_frames(
+            table.column("frame").to_pylist(), table.column("link_type").to_pylist()
+        )
+        ts_us = np.rint(table.column("ts").to_numpy() * 1e6).astype(np.int64)
+        unmatched = 0
+        for i in range(table.num_rows):
+            src, dst = parsed.addresses(i)
+            a = (src, int(parsed.sport[i]))
+            b = (dst, int(parsed.dport[i]))
+            found = index.find(rel, int(parsed.proto[i]), a, b, int(ts_us[i]))
+            unmatched += found < 0
+            conn_col.append(found)
+        if unmatched:
+            log.info(
+                "labels.unmatched", pcap=rel, packets=int(unmatched), of=table.num_rows
+            )
+        frames += table.column("frame").to_pylist()
+        links += table.column("link_type").to_pylist()
+        pcap_col += [rel] * table.num_rows
+        ttl_parts.append(_ttl(table))
+        wire += table.column("wire_len").to_pylist()
+
+    all_labels = list(index.labels)
+    conn = np.array(conn_col, dtype=np.int64)
+    label = np.array([all_labels[c].label if c >= 0 else "" for c in conn], dtype=str)
+    family = np.array([all_labels[c].family if c >= 0 else "" for c in conn], dtype=str)
+
+    return PacketSet(
+        frames=frames,
+        link_types=links,
+        pcap=np.array(pcap_col, dtype=str),
+        conn=conn,
+        label=label,
+        family=family,
+        ttl=np.concatenate(ttl_parts) if ttl_parts else np.zeros(0, np.int64),
+        wire_len=np.array(wire, dtype=np.int64),
+        labels=all_labels,
+    )
+
+
+def split_ids(
+    ids: npt.NDArray[np.int64], seed: int, fractions: tuple[float, float, float]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Shuffle unique ids with `seed` and cut them into train/val/test."""
+    if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) < 0:
+        raise ConfigError(f"split fractions {fractions} must be >= 0 and sum to 1")
+    unique = np.unique(ids)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(unique)
+    n_train = int(round(fractions[0] * unique.size))
+    n_val = int(round(fractions[1] * unique.size))
+
+    return (
+        np.sort(shuffled[:n_train]),
+        np.sort(shuffled[n_train : n_train + n_val]),
+        np.sort(shuffled[n_train + n_val :]),
+    )
+
+
+def write_split(
+    path: Path, labels: Sequence[ConnLabel], parts: dict[str, npt.NDArray[np.int64]]
+) -> None:
+    """Write a split as a file list: split name, then the connection's key."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fh.write("split\tpcap\tfirst_ts\tproto\torig_h\torig_p\tresp_h\tresp_p\n")
+        for name, ids in parts.items():
+            for i in ids:
+                fh.write(f"{name}\t{labels[int(i)].key}\n")
