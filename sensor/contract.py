@@ -42,7 +42,9 @@ PACKET_LOG_FIELDS: Final = (
 PACKETS_PER_DIRECTION: Final = 3
 SNAP_LEN: Final = 512
 
-# The notice log: one record per connection whose score reached the threshold.
+# The notice log: one record per connection whose score reached the threshold,
+# plus control records (kind in NOTICE_CONTROL_KINDS) that the Zeek script
+# uses to follow the file across rotations; see zeek_scripts/README.md.
 NOTICE_LOG_PATH: Final = "bflow_notice"
 NOTICE_LOG_FIELDS: Final = (
     Field("ts", "time"),
@@ -54,13 +56,26 @@ NOTICE_LOG_FIELDS: Final = (
     Field("id.orig_p", "port"),
     Field("id.resp_h", "addr"),
     Field("id.resp_p", "port"),
-    # "packet" or "flow": which model raised it; one Notice::Type each.
-    Field("kind", "string"),
     Field("model_version", "string"),
     Field("msg", "string"),
     Field("threshold", "double"),
-    # Never unset and never empty, so a line never ends in an empty field.
     Field("score", "double"),
+    # "packet" or "flow": which model raised it; one Notice::Type each.
+    # Last on purpose: it is never empty, and no kind is a prefix of
+    # another, so a line cut short by a full disk can never read as a
+    # notice (the script ignores unknown kinds).
+    Field("kind", "string"),
 )
 
 NOTICE_KINDS: Final = ("packet", "flow")
+
+# Kinds of the notice log's control records. "open" is the first record of
+# every file (its notice_id names the file); "rotate" is the last record of
+# a file the daemon archived: Zeek reopens the notice log by name.
+NOTICE_CONTROL_KINDS: Final = ("open", "rotate")
+
+# Notice log fields that only control records leave unset (`&optional` in
+# the script's input record).
+NOTICE_LOG_OPTIONAL: Final = frozenset(
+    {"uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p"}
+)
