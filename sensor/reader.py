@@ -139,6 +139,12 @@ def _known_schema(fields: tuple[tuple[str, str], ...]) -> pa.Schema:
     return pa.schema(columns)
 
 
+# Fields that only newer Zeek versions or extra scripts write: their absence
+# is normal and not worth a warning (they are still all-null columns).
+_NEWER_FIELDS: Final = frozenset(
+    {"ip_proto", "orig_l2_addr", "resp_l2_addr", "vlan", "inner_vlan", "community_id"}
+)
+
 KNOWN_SCHEMAS: Final[dict[str, pa.Schema]] = {
     "conn": _known_schema(CONN_FIELDS),
     PACKET_LOG_PATH: _known_schema(
@@ -203,6 +209,16 @@ class _Header:
     @property
     def ready(self) -> bool:
         return self.fields is not None
+
+
+def _line_end(buffer: bytearray, lines: int) -> int:
+    """Offset just past the `lines`-th newline in the buffer."""
+    view = np.frombuffer(buffer, dtype=np.uint8)
+    end = int(np.flatnonzero(view == 0x0A)[lines - 1]) + 1
+    # The view must go before the caller resizes the buffer.
+    del view
+
+    return end
 
 
 def _decode_meta(value: bytes) -> str:
@@ -291,14 +307,27 @@ class LogDecoder:
         """Emit every complete record held so far, even if a batch is short."""
         return self._emit_pending(everything=True)
 
-    def finish(self) -> list[Batch]:
+    def finish(self, *, error: str | None = None) -> list[Batch]:
         """The stream has ended: emit the rest, drop a partial last line.
 
-        The dropped fragment is counted as an error and logged with file
-        and offset.
+        Args:
+            error: why the stream ended early (a truncated gzip), if it did;
+                counted as one error for the file, with the fragment.
+
+        A partial last line is dropped, counted as an error and logged with
+        file and offset.
         """
         batches = self._emit_pending(everything=True)
-        if self._tail:
+        if error is not None:
+            self.stats.errors += 1
+            log.warning(
+                "file.truncated",
+                file=self.source,
+                offset=self.offset,
+                reason=error,
+                fragment_dropped=len(self._tail),
+            )
+        elif self._tail:
             self.stats.errors += 1
             log.warning(
                 "line.partial_dropped",
@@ -307,7 +336,7 @@ class LogDecoder:
                 size=len(self._tail),
                 line=self._line_no + 1,
             )
-            self._tail.clear()
+        self._tail.clear()
         if self.stats.skipped > SKIP_LOG_LIMIT:
             log.warning(
                 "file.skipped_summary",
@@ -317,11 +346,6 @@ class LogDecoder:
             )
 
         return batches
-
-    def note_error(self, event: str, **details: Any) -> None:
-        """Count and log a file-level error found outside the decoder."""
-        self.stats.errors += 1
-        log.warning(event, file=self.source, offset=self.offset, **details)
 
     # -- lines ------------------------------------------------------------
 
@@ -373,7 +397,10 @@ class LogDecoder:
     def _detect(self, chunk: bytes) -> None:
         for line in chunk.split(b"\n"):
             stripped = line.strip()
-            if not stripped:
+            if not stripped or (
+                stripped.startswith(b"##") and not self._is_header(stripped)
+            ):
+                # Blank, or a comment such as btest's `### BTest baseline`.
                 continue
             if stripped.startswith(b"#"):
                 self.format = "tsv"
@@ -474,8 +501,7 @@ class LogDecoder:
             if take == self._pending_lines:
                 size = len(self._pending)
             else:
-                view = np.frombuffer(self._pending, dtype=np.uint8)
-                size = int(np.flatnonzero(view == 0x0A)[take - 1]) + 1
+                size = _line_end(self._pending, take)
             block = bytes(self._pending[:size])
             del self._pending[:size]
             first_line = self._pending_line_no
@@ -689,7 +715,7 @@ class LogDecoder:
         length = len(next(iter(arrays.values()))) if arrays else 0
         if known is not None:
             missing = [f.name for f in known if f.name not in arrays]
-            if missing:
+            if set(missing) - _NEWER_FIELDS:
                 self._warn_once(
                     "missing-" + ",".join(missing),
                     "file.missing_fields",
@@ -717,8 +743,10 @@ class LogDecoder:
                 pa.field(name, values.type, metadata={"zeek_type": zeek_types[name]})
             )
 
+        # The fingerprint is of the fields the file declared, so two header
+        # blocks conformed to one known schema still tell apart.
         fingerprint = hashlib.sha256(
-            json.dumps([[f.name, str(f.type)] for f in fields]).encode()
+            json.dumps(list(zeek_types.items())).encode()
         ).hexdigest()[:16]
         metadata = {
             "zeek.path": log_path or "",
@@ -815,8 +843,24 @@ class LogDecoder:
         return zeek_type
 
 
+# Field types of the conn_id fields and a few others every log shares,
+# for JSON logs no known schema covers.
+_COMMON_FIELDS: Final = {
+    "ts": "time",
+    "uid": "string",
+    "id.orig_h": "addr",
+    "id.orig_p": "port",
+    "id.resp_h": "addr",
+    "id.resp_p": "port",
+    "proto": "enum",
+}
+
+
 def _infer_zeek_type(key: str, present: list[Any]) -> str:
-    if key == "ts" or key.endswith("_ts"):
+    common = _COMMON_FIELDS.get(key)
+    if common is not None:
+        return common
+    if key.endswith("_ts"):
         return "time"
     if all(isinstance(v, list) for v in present):
         elements = [e for v in present for e in v if e is not None]
@@ -1000,8 +1044,15 @@ def read_log(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     log_path: str | None = None,
+    stats: ReadStats | None = None,
 ) -> Iterator[Batch]:
     """Read a whole finished log file, batch by batch.
+
+    Args:
+        path: the file, plain or gzip.
+        batch_size: most records in one batch.
+        log_path: the log's path for files that do not name it.
+        stats: filled in with the file's counts as reading goes on.
 
     Raises:
         LogFormatError: the file is not a Zeek log.
@@ -1009,13 +1060,13 @@ def read_log(
     """
     source = str(path)
     decoder = LogDecoder(source, batch_size=batch_size, log_path=log_path)
+    if stats is not None:
+        decoder.stats = stats
     with open_log_bytes(path) as stream:
         while chunk := stream.read(READ_CHUNK):
             yield from decoder.feed(chunk)
         error = _stream_error(stream)
-        if error is not None:
-            decoder.note_error("file.truncated", reason=error)
-    yield from decoder.finish()
+    yield from decoder.finish(error=error)
     log.debug("file.read", file=source, **decoder.stats.as_dict())
 
 

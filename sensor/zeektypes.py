@@ -227,13 +227,13 @@ def _to_micros(values: pa.Array) -> Converted:
     try:
         text = values.cast(pa.string())
         parts = pc.extract_regex(text, _FIXED_POINT)
-        whole = pc.abs_checked(parts.field("i").cast(pa.int64()))
-        frac = pc.utf8_rpad(parts.field("f"), width=6, padding="0")
+        # struct_field, unlike .field(), keeps the nulls of unmatched values.
+        whole = pc.abs_checked(pc.struct_field(parts, "i").cast(pa.int64()))
+        frac = pc.utf8_rpad(pc.struct_field(parts, "f"), width=6, padding="0")
         micros = pc.add_checked(
             pc.multiply_checked(whole, _MICROS), frac.cast(pa.int64())
         )
         micros = pc.if_else(pc.starts_with(text, "-"), pc.negate(micros), micros)
-        micros = pc.if_else(parts.is_valid(), micros, pa.scalar(None, pa.int64()))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return _per_value(values, _parse_micros, pa.int64())
     bad = _bad_mask(values, micros)
