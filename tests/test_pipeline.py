@@ -1,0 +1,135 @@
+"""One batch in, notices out: per-connection scores and when notices fire."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from sensor.errors import ModelError
+from sensor.pipeline import Pipeline, load_scorer
+from tests.test_daemon_support import (
+    TinyModels,
+    sample_table,
+    tiny_models_fixture,  # noqa: F401
+)
+
+
+def _batches(table: pa.Table, size: int) -> list[pa.RecordBatch]:
+    return table.combine_chunks().to_batches(max_chunksize=size)
+
+
+def test_flow_notice_for_each_connection_at_or_above_threshold(
+    tiny_models: TinyModels,
+) -> None:
+    """Every conn.log record scoring at or above the threshold is one notice."""
+    scorer = load_scorer("flow", tiny_models.flow)
+    table = sample_table("conn")
+    batch = _batches(table, table.num_rows)[0]
+    keep, scores = scorer.score(batch)
+    uids = np.asarray(table.column("uid").to_pylist())[keep]
+    expected = set(uids[scores >= scorer.threshold])
+
+    result = Pipeline([scorer]).process(batch, "conn")
+
+    assert {n.uid for n in result.notices} == expected
+    assert 0 < len(expected) < table.num_rows
+    assert len(result.notices) == len(expected)
+    assert all(n.kind == "flow" and n.score >= scorer.threshold for n in result.notices)
+    assert result.scored == table.num_rows and result.skipped == 0
+
+
+def test_packet_notice_once_per_connection_however_batches_fall(
+    tiny_models: TinyModels,
+) -> None:
+    """A connection's packets in many batches give one notice, same identity."""
+    scorer = load_scorer("packet", tiny_models.packet)
+    table = sample_table("bflow_packet")
+
+    whole = Pipeline([scorer]).process(
+        _batches(table, table.num_rows)[0], "bflow_packet"
+    )
+    pieces = Pipeline([scorer])
+    split = [
+        n for b in _batches(table, 7) for n in pieces.process(b, "bflow_packet").notices
+    ]
+
+    by_uid = [n.uid for n in split]
+    assert len(by_uid) == len(set(by_uid)), "a connection got two packet notices"
+    assert {n.notice_id for n in split} == {n.notice_id for n in whole.notices}
+    keep, scores = scorer.score(_batches(table, table.num_rows)[0])
+    uids = np.asarray(table.column("uid").to_pylist())[keep]
+    assert set(by_uid) == set(uids[scores >= scorer.threshold])
+    # The packet's transport protocol is read from its frame.
+    assert {n.proto for n in split} <= {"tcp", "udp"}
+
+
+def test_packet_notice_score_is_max_of_the_connection_in_its_batch(
+    tiny_models: TinyModels,
+) -> None:
+    """A packet notice carries its connection's highest score in the batch."""
+    scorer = load_scorer("packet", tiny_models.packet)
+    batch = _batches(sample_table("bflow_packet"), 10_000)[0]
+    keep, scores = scorer.score(batch)
+    uids = np.asarray(batch.column(batch.schema.get_field_index("uid")).to_pylist())
+    best = {}
+    for uid, s in zip(uids[keep], scores, strict=True):
+        best[uid] = max(best.get(uid, -np.inf), s)
+
+    result = Pipeline([scorer]).process(batch, "bflow_packet")
+
+    for notice in result.notices:
+        assert notice.score == pytest.approx(best[notice.uid])
+
+
+def test_records_without_uid_are_skipped_and_counted(tiny_models: TinyModels) -> None:
+    """A record with an unset uid is counted as skipped, never a notice."""
+    scorer = load_scorer("flow", tiny_models.flow)
+    batch = _batches(sample_table("conn"), 10_000)[0]
+    index = batch.schema.get_field_index("uid")
+    uids = batch.column(index).to_pylist()
+    uids[:5] = [None] * 5
+    batch = batch.set_column(index, "uid", pa.array(uids, pa.string()))
+
+    result = Pipeline([scorer]).process(batch, "conn")
+
+    assert result.skipped == 5
+    assert result.scored == batch.num_rows - 5
+    assert all(n.uid for n in result.notices)
+
+
+def test_records_of_a_log_without_model_are_skipped(tiny_models: TinyModels) -> None:
+    """Without a packet model, packet-log records are counted as skipped."""
+    pipeline = Pipeline([load_scorer("flow", tiny_models.flow)])
+    batch = _batches(sample_table("bflow_packet"), 50)[0]
+
+    result = pipeline.process(batch, "bflow_packet")
+
+    assert result.skipped == 50 and not result.notices
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "model_truncated.pt",
+        "model_lfs_pointer.pt",
+        "model_future_version.pt",
+        "model_empty.pt",
+    ],
+)
+def test_unloadable_model_is_refused_naming_the_file(
+    cases_dir: Path, name: str
+) -> None:
+    """Each broken model file of case 20 raises ModelError naming its path."""
+    path = cases_dir / "20-torchscript-model-file" / name
+
+    with pytest.raises(ModelError) as caught:
+        load_scorer("packet", path)
+
+    assert str(path) in str(caught.value)
+
+
+def test_model_of_the_wrong_kind_is_refused(tiny_models: TinyModels) -> None:
+    """A flow model given as the packet model is refused with both kinds named."""
+    with pytest.raises(ModelError, match="'flow'"):
+        load_scorer("packet", tiny_models.flow)
