@@ -1,0 +1,526 @@
+"""The model file: one TorchScript archive with its metadata, and its loader.
+
+The daemon imports only this module (and `model.features`), never training
+code. A model file holds the inference path of the three-stage model, input
+standardisation, the encoder `G_E`, latent standardisation and the
+classifier, as one scripted module taking float32 `(N, D)` features and
+returning float32 scores `(N,)`, higher = more anomalous. The metadata
+(`ModelMetadata`, JSON) rides in the archive's `_extra_files`, so the two can
+never be separated.
+
+`load_model` checks everything it can before the first real batch: the file
+is there, is a complete archive, its format version and feature kind and
+feature schema are the expected ones, and a fixed probe batch gives finite
+scores of the right shape. Every failure is one `ModelLoadError` (a
+`ModelError`) whose message names the path, size, SHA-256, both torch
+versions, the underlying exception and what to do.
+
+Known shortcoming: TorchScript is deprecated in torch 2.13 in favour of
+`torch.export`, and the design asks for it because it gives one
+self-contained file that loads without the Python model code. Its
+deprecation warnings are silenced here so they do not flood the daemon's
+log; a torch that drops `torch.jit.load` will fail at start-up with the
+usual `ModelError`, and moving to `torch.export` (a new `FORMAT_VERSION`)
+lifts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import subprocess
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import structlog
+import torch
+
+from sensor import __version__ as bflow_version
+from sensor.errors import ModelError
+
+if TYPE_CHECKING:
+    from model.train import TrainedModel
+
+log = structlog.get_logger(__name__)
+
+FORMAT_VERSION = 1
+METADATA_NAME = "bflow_metadata.json"
+
+# Rows in the probe batch run by `load_model`.
+_PROBE_ROWS = 8
+_SCORE_BATCH = 8192
+_LFS_MAGIC = b"version https://git-lfs"
+
+
+@dataclass
+class ModelMetadata:
+    """What a model file says about itself (DESIGN.md §4.4).
+
+    Attributes:
+        format_version: layout of this file; `load_model` refuses newer ones.
+        kind: feature kind, "packet" or "flow".
+        feature_schema: the feature code's own description of its input
+            (`to_dict()` of its schema); compared key by key at load time.
+        input_dim: `D` of the `(N, D)` float32 input.
+        threshold: `score >= threshold` raises a notice.
+        target_fpr: false-positive rate the threshold was calibrated for.
+        model_version: content hash + creation time, unique per file.
+        created: ISO-8601 UTC time of export.
+        training: data summary: time range, record counts, source sha256s,
+            the training config and per-epoch losses.
+        validation: metrics on normal validation data (and more if known).
+        code_version: bflow version (+ git commit) that trained it.
+        torch_version: torch that wrote the file.
+    """
+
+    kind: str
+    input_dim: int
+    threshold: float
+    target_fpr: float
+    feature_schema: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+    model_version: str = ""
+    created: str = ""
+    training: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+    code_version: str = ""
+    torch_version: str = ""
+
+    def to_json(self) -> str:
+        """Serialise; NaN and infinities are not allowed (strict JSON)."""
+        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
+        """Build from parsed JSON, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        missing = {"kind", "input_dim", "threshold", "target_fpr"} - data.keys()
+        if missing:
+            raise ValueError(f"metadata lacks {sorted(missing)}")
+
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _code_version() -> str:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+
+    return f"bflow {bflow_version}" + (f" ({commit})" if commit else "")
+
+
+def probe_batch(input_dim: int) -> torch.Tensor:
+    """The fixed `(8, input_dim)` float32 batch in [0, 1] run at load time."""
+    ramp = torch.linspace(0.0, 1.0, input_dim)
+    rows = [(ramp * (i + 1) / _PROBE_ROWS + i / _PROBE_ROWS) % 1.0 for i in range(8)]
+
+    return torch.stack(rows).float()
+
+
+def export_model(trained: TrainedModel, path: Path, metadata: ModelMetadata) -> None:
+    """Write `trained`'s inference path and `metadata` as one TorchScript file.
+
+    Fills in `model_version`, `created`, `code_version` and `torch_version`
+    when they are empty. The file is written under a temporary name in the
+    same directory, flushed to disk, then renamed over `path`, so a reader
+    sees the old file or the new one, never half of one.
+
+    Raises:
+        ModelError: metadata that does not match the model, or a scripted
+            module whose scores differ from the eager model's.
+    """
+    cfg = trained.cfg
+    if metadata.kind != cfg.kind or metadata.input_dim != cfg.input_dim:
+        raise ModelError(
+            f"metadata says kind={metadata.kind!r} input_dim={metadata.input_dim} "
+            f"but the model was trained with kind={cfg.kind!r} "
+            f"input_dim={cfg.input_dim}; pass matching metadata"
+        )
+    module = trained.scoring_module()
+    with _quiet_jit():
+        scripted = torch.jit.script(module)
+
+    probe = probe_batch(cfg.input_dim)
+    with torch.inference_mode():
+        eager = module(probe)
+        script_out = scripted(probe)
+    if not torch.allclose(eager, script_out, rtol=1e-5, atol=1e-6):
+        raise ModelError(
+            "the scripted model scores the probe batch differently from the "
+            "eager model; this is a bug in the network code, please report it"
+        )
+
+    buffer = io.BytesIO()
+    with _quiet_jit():
+        torch.jit.save(scripted, buffer)
+    created = metadata.created or datetime.now(UTC).isoformat(timespec="seconds")
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()[:12]
+    stamp = created.replace("-", "").replace(":", "")[:15]
+    metadata = replace(
+        metadata,
+        format_version=FORMAT_VERSION,
+        created=created,
+        model_version=metadata.model_version or f"{digest}-{stamp}",
+        code_version=metadata.code_version or _code_version(),
+        torch_version=metadata.torch_version or torch.__version__,
+    )
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with _quiet_jit():
+            torch.jit.save(
+                scripted, str(tmp), _extra_files={METADATA_NAME: metadata.to_json()}
+            )
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    log.info(
+        "model.exported",
+        path=str(path),
+        kind=metadata.kind,
+        model_version=metadata.model_version,
+        threshold=metadata.threshold,
+    )
+
+
+@contextlib.contextmanager
+def _quiet_jit() -> Iterator[None]:
+    """Hide TorchScript's own deprecation warnings, and only those."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", category=DeprecationWarning, message=r".*torch\.jit"
+        )
+        yield
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ModelLoadError(ModelError):
+    """A model file cannot be used; `details` holds the facts for logs."""
+
+    def __init__(self, message: str, details: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+@dataclass
+class _FileFacts:
+    path: Path
+    size: int | None = None
+    sha256: str = "unknown"
+    head: bytes = b""
+    saved_torch: str | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> _FileFacts:
+        facts = cls(path)
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return facts
+        facts.size = len(data)
+        facts.sha256 = hashlib.sha256(data).hexdigest()
+        facts.head = data[:64]
+        try:
+            meta = _metadata_from_zip(data)
+            facts.saved_torch = str(meta.get("torch_version") or "") or None
+        except (zipfile.BadZipFile, ValueError, KeyError, OSError):
+            pass
+
+        return facts
+
+    def details(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "size": self.size,
+            "sha256": self.sha256,
+            "torch_installed": torch.__version__,
+            "torch_saved": self.saved_torch,
+        }
+
+    def error(self, what: str, todo: str, exc: BaseException | None) -> ModelError:
+        size = "missing" if self.size is None else f"{self.size} bytes"
+        saved = self.saved_torch or "unknown (no readable metadata)"
+        parts = [
+            f"cannot use model {self.path}: {what}.",
+            f"File: {size}, sha256 {self.sha256}.",
+            f"Model saved with torch {saved}, running {torch.__version__}.",
+        ]
+        if exc is not None:
+            text = " ".join(str(exc).split())
+            parts.append(f"Underlying error: {type(exc).__name__}: {text}")
+        parts.append(f"What to do: {todo}")
+        details = self.details()
+        details["reason"] = what
+        if exc is not None:
+            details["exception"] = f"{type(exc).__name__}: {exc}"
+
+        return ModelLoadError(" ".join(parts), details)
+
+
+def _metadata_from_zip(data: bytes) -> dict[str, Any]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_NAME)]
+        if not names:
+            raise KeyError(METADATA_NAME)
+        parsed: dict[str, Any] = json.loads(archive.read(names[0]))
+
+    return parsed
+
+
+def _diagnose(facts: _FileFacts, exc: BaseException) -> tuple[str, str]:
+    """(what is wrong, what to do) for a file torch could not load."""
+    retrain = (
+        "retrain with `bflow train`, or restore the previous model with "
+        "`bflow rollback`"
+    )
+    if facts.size == 0:
+        return (
+            "the file is empty (0 bytes)",
+            "copy the model again; deploy by writing a temporary name and "
+            "renaming it into place, or " + retrain,
+        )
+    if facts.head.startswith(_LFS_MAGIC):
+        return (
+            "the file is a Git LFS pointer, not the model",
+            "fetch the real file (`git lfs pull` in the checkout it came "
+            "from) or " + retrain,
+        )
+    text = str(exc)
+    if "maximum supported version" in text:
+        return (
+            "the archive was written by a newer torch than the one installed",
+            f"install the torch the model was saved with, or {retrain} "
+            f"under torch {torch.__version__}",
+        )
+    if "zip archive" in text or "central directory" in text:
+        return (
+            "the file is not a complete TorchScript archive (a truncated or "
+            "interrupted copy?)",
+            "copy the model again (to a temporary name, then rename), or " + retrain,
+        )
+
+    return ("torch could not load the archive", retrain)
+
+
+class ScoringModel:
+    """A loaded, validated model file: numpy features in, scores out.
+
+    Attributes:
+        path: the file it was loaded from.
+        metadata: its `ModelMetadata`.
+        sha256: SHA-256 of the file's bytes.
+    """
+
+    def __init__(
+        self, path: Path, metadata: ModelMetadata, module: Any, sha256: str
+    ) -> None:
+        self.path = path
+        self.metadata = metadata
+        self.sha256 = sha256
+        self._module = module
+
+    @property
+    def threshold(self) -> float:
+        """The calibrated threshold from the metadata."""
+        return float(self.metadata.threshold)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Scores `(N,)` float64 of features `(N, D)`; higher = more anomalous.
+
+        Raises:
+            ModelError: `x` is not 2-D with `D == metadata.input_dim`.
+        """
+        dim = self.metadata.input_dim
+        if x.ndim != 2 or x.shape[1] != dim:
+            raise ModelError(
+                f"features of shape {x.shape} given to model {self.path}, "
+                f"which expects (N, {dim}); the feature code and the model "
+                "disagree: retrain or load the model made for these features"
+            )
+        out = np.empty(len(x), dtype=np.float64)
+        with torch.inference_mode():
+            for start in range(0, len(x), _SCORE_BATCH):
+                chunk = np.ascontiguousarray(
+                    x[start : start + _SCORE_BATCH], dtype=np.float32
+                )
+                scores = self._module(torch.from_numpy(chunk))
+                out[start : start + len(chunk)] = scores.numpy()
+
+        return out
+
+
+def schema_differences(
+    expected: dict[str, Any], actual: dict[str, Any], prefix: str = ""
+) -> list[str]:
+    """Dotted keys whose values differ between two feature schemas."""
+    diffs: list[str] = []
+    for key in sorted(set(expected) | set(actual), key=str):
+        name = f"{prefix}{key}"
+        if key not in actual:
+            diffs.append(f"{name} (only in the data's schema)")
+        elif key not in expected:
+            diffs.append(f"{name} (only in the model's schema)")
+        else:
+            left, right = expected[key], actual[key]
+            if isinstance(left, dict) and isinstance(right, dict):
+                diffs.extend(schema_differences(left, right, name + "."))
+            elif left != right:
+                diffs.append(f"{name} (model: {_short(right)}, data: {_short(left)})")
+
+    return diffs
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_metadata(path: Path) -> ModelMetadata:
+    """The metadata of a model file, without loading the network.
+
+    Raises:
+        ModelError: the file is unreadable or holds no valid metadata.
+    """
+    path = Path(path)
+    facts = _FileFacts.read(path)
+    try:
+        return ModelMetadata.from_dict(_metadata_from_zip(path.read_bytes()))
+    except (OSError, zipfile.BadZipFile, KeyError, ValueError, TypeError) as exc:
+        what, todo = _diagnose(facts, exc)
+        raise facts.error(what, todo, exc) from exc
+
+
+def load_model(
+    path: Path,
+    *,
+    expect_kind: str | None = None,
+    expect_feature_schema: dict[str, Any] | None = None,
+) -> ScoringModel:
+    """Load a model file, check it, and run a probe batch through it.
+
+    Args:
+        path: the `.pt` file written by `export_model`.
+        expect_kind: refuse a model of another feature kind.
+        expect_feature_schema: refuse a model whose feature schema differs
+            (the message lists the keys that differ).
+
+    Raises:
+        ModelError: (a `ModelLoadError` with `details`) for a missing, empty,
+            truncated, LFS-pointer, too-new or otherwise unusable file, a
+            wrong kind or schema, or a probe batch that fails.
+    """
+    path = Path(path)
+    facts = _FileFacts.read(path)
+    if facts.size is None:
+        raise facts.error(
+            "the file does not exist or cannot be read",
+            "check the model path and its permissions, or create a model with "
+            "`bflow train`",
+            None,
+        )
+
+    extra = {METADATA_NAME: ""}
+    try:
+        with _quiet_jit():
+            module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError, ValueError, ...
+        what, todo = _diagnose(facts, exc)
+        raise facts.error(what, todo, exc) from exc
+
+    try:
+        metadata = ModelMetadata.from_dict(json.loads(extra[METADATA_NAME]))
+    except (ValueError, TypeError) as exc:
+        raise facts.error(
+            "the archive holds no valid bflow metadata (not written by `bflow train`?)",
+            "export the model with `bflow train`",
+            exc,
+        ) from exc
+    facts.saved_torch = metadata.torch_version or None
+
+    if metadata.format_version > FORMAT_VERSION:
+        raise facts.error(
+            f"model format version {metadata.format_version} is newer than "
+            f"this bflow reads ({FORMAT_VERSION})",
+            "upgrade bflow, or retrain the model with this version",
+            None,
+        )
+    if expect_kind is not None and metadata.kind != expect_kind:
+        raise facts.error(
+            f"it is a {metadata.kind!r} model, expected a {expect_kind!r} model",
+            f"point the {expect_kind} model setting at a {expect_kind} model",
+            None,
+        )
+    if expect_feature_schema is not None:
+        diffs = schema_differences(expect_feature_schema, metadata.feature_schema)
+        if diffs:
+            raise facts.error(
+                "its feature schema differs from the data's at "
+                + "; ".join(diffs[:10])
+                + (f" and {len(diffs) - 10} more" if len(diffs) > 10 else ""),
+                "retrain on logs written with the current feature settings, "
+                "or restore the model that matches them",
+                None,
+            )
+
+    module.eval()
+    try:
+        with torch.inference_mode():
+            probe = module(probe_batch(metadata.input_dim))
+        ok = probe.shape == (_PROBE_ROWS,) and bool(torch.isfinite(probe).all())
+    except Exception as exc:  # a broken graph can raise anything
+        raise facts.error(
+            "the probe batch failed to run", "retrain with `bflow train`", exc
+        ) from exc
+    if not ok:
+        raise facts.error(
+            f"the probe batch gave scores of shape {tuple(probe.shape)} with "
+            "non-finite values or the wrong shape",
+            "retrain with `bflow train`",
+            None,
+        )
+
+    log.info(
+        "model.loaded",
+        path=str(path),
+        kind=metadata.kind,
+        model_version=metadata.model_version,
+        sha256=facts.sha256,
+        threshold=metadata.threshold,
+    )
+
+    return ScoringModel(path, metadata, module, facts.sha256)

@@ -1,0 +1,190 @@
+"""An exactly invertible normalizing flow over encoder latents (stage 2).
+
+Each block is the Glow/RealNVP "all-in-one" pattern: ActNorm, a fixed random
+permutation, then an affine coupling whose log-scale is soft-clamped
+(`clamp * tanh(s / clamp)`) so one block can never blow the data up or down
+by more than `exp(clamp)`. The flow maps a latent `z` to `c = f(z)`, trained
+so that `c` follows a standard normal; `inverse` runs it backwards exactly,
+which stage 3 uses to turn noisy flow-space points back into latents.
+
+Both directions return `(output, log_det)` where `log_det` is `(N,)` and the
+log-determinant of that direction's Jacobian, so
+`forward_logdet(z) == -inverse_logdet(f(z))`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import cast
+
+import torch
+from torch import Tensor, nn
+
+from model.nets import mlp
+
+
+class ActNorm(nn.Module):
+    """Per-dimension affine map, initialised from the first batch it sees.
+
+    After initialisation the outputs of that batch have zero mean and unit
+    variance per dimension; afterwards scale and bias are ordinary parameters.
+    """
+
+    initialised: Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.zeros(dim))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("initialised", torch.tensor(False))
+
+    @torch.no_grad()
+    def _initialise(self, z: Tensor) -> None:
+        std = z.std(dim=0, unbiased=False).clamp_min(1e-6)
+        self.bias.copy_(-z.mean(dim=0) / std)
+        self.log_scale.copy_(-torch.log(std))
+        self.initialised.fill_(True)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """`c = z * exp(s) + b`; returns (c, log_det `(N,)`)."""
+        if not bool(self.initialised) and self.training and z.shape[0] > 1:
+            self._initialise(z)
+        out = z * torch.exp(self.log_scale) + self.bias
+        log_det = self.log_scale.sum().expand(z.shape[0])
+
+        return out, log_det
+
+    def inverse(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact inverse of `forward`; returns (z, log_det `(N,)`)."""
+        out = (c - self.bias) * torch.exp(-self.log_scale)
+        log_det = (-self.log_scale.sum()).expand(c.shape[0])
+
+        return out, log_det
+
+
+class AffineCoupling(nn.Module):
+    """Transforms the second half of the vector given the first half."""
+
+    def __init__(self, dim: int, hidden: int, clamp: float) -> None:
+        super().__init__()
+        self.split = dim // 2
+        rest = dim - self.split
+        self.clamp = clamp
+        self.subnet = mlp([self.split, hidden, hidden, 2 * rest])
+        # Zero-initialised last layer: every block starts as the identity,
+        # which keeps the first steps of likelihood training stable.
+        last = self.subnet[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def _scale_shift(self, a: Tensor) -> tuple[Tensor, Tensor]:
+        raw_s, t = self.subnet(a).chunk(2, dim=1)
+        s = self.clamp * torch.tanh(raw_s / self.clamp)
+
+        return s, t
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (c, log_det `(N,)`)."""
+        a, b = z[:, : self.split], z[:, self.split :]
+        s, t = self._scale_shift(a)
+        out = torch.cat([a, b * torch.exp(s) + t], dim=1)
+
+        return out, s.sum(dim=1)
+
+    def inverse(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact inverse of `forward`; returns (z, log_det `(N,)`)."""
+        a, b = c[:, : self.split], c[:, self.split :]
+        s, t = self._scale_shift(a)
+        out = torch.cat([a, (b - t) * torch.exp(-s)], dim=1)
+
+        return out, -s.sum(dim=1)
+
+
+class FlowBlock(nn.Module):
+    """ActNorm, a fixed permutation, then an affine coupling."""
+
+    perm: Tensor
+    perm_inverse: Tensor
+
+    def __init__(self, dim: int, hidden: int, clamp: float, seed: int) -> None:
+        super().__init__()
+        self.actnorm = ActNorm(dim)
+        generator = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(dim, generator=generator)
+        self.register_buffer("perm", perm)
+        self.register_buffer("perm_inverse", torch.argsort(perm))
+        self.coupling = AffineCoupling(dim, hidden, clamp)
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Returns (c, log_det `(N,)`)."""
+        h, ld_norm = self.actnorm(z)
+        h = h[:, self.perm]
+        out, ld_coupling = self.coupling(h)
+
+        return out, ld_norm + ld_coupling
+
+    def inverse(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact inverse of `forward`; returns (z, log_det `(N,)`)."""
+        h, ld_coupling = self.coupling.inverse(c)
+        h = h[:, self.perm_inverse]
+        out, ld_norm = self.actnorm.inverse(h)
+
+        return out, ld_norm + ld_coupling
+
+
+class NormalizingFlow(nn.Module):
+    """A stack of `FlowBlock`s with a standard normal base distribution.
+
+    Args:
+        dim: latent size.
+        blocks: number of blocks; each has about `2 * hidden**2` weights, so
+            the flow stays small next to the encoder.
+        hidden: width of each coupling's subnet (default: twice `dim`,
+            at least 32).
+        clamp: soft bound on each coupling's log-scale.
+        seed: fixes the permutations.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        blocks: int = 4,
+        *,
+        hidden: int = 0,
+        clamp: float = 2.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dim < 2:
+            raise ValueError(f"a coupling flow needs dim >= 2, got dim={dim}")
+        hidden = hidden or max(32, 2 * dim)
+        self.dim = dim
+        self.blocks = nn.ModuleList(
+            [FlowBlock(dim, hidden, clamp, seed + i) for i in range(blocks)]
+        )
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Map latents `(N, dim)` to flow space; returns (c, log_det `(N,)`)."""
+        log_det = torch.zeros(z.shape[0], device=z.device, dtype=z.dtype)
+        for block in self.blocks:
+            z, ld = block(z)
+            log_det = log_det + ld
+
+        return z, log_det
+
+    def inverse(self, c: Tensor) -> tuple[Tensor, Tensor]:
+        """Map flow-space points back to latents; returns (z, log_det `(N,)`)."""
+        log_det = torch.zeros(c.shape[0], device=c.device, dtype=c.dtype)
+        for block in reversed(self.blocks):
+            c, ld = cast(FlowBlock, block).inverse(c)
+            log_det = log_det + ld
+
+        return c, log_det
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """Log-density of latents `(N, dim)` under the flow, `(N,)` in nats."""
+        c, log_det = self.forward(z)
+        base = -0.5 * (c**2).sum(dim=1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+        return base + log_det

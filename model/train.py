@@ -1,0 +1,757 @@
+"""Training of the three-stage model on normal samples only.
+
+1. Feature extractor: autoencoder `G_E`/`G_D` plus a discriminator `D`
+   (GANomaly-style: 50 x MSE reconstruction + 1 x MSE between `D`'s features
+   on real and reconstructed input; `D` learns real vs reconstructed by BCE).
+2. Normalizing flow `f` fitted by maximum likelihood to the encoder latents.
+3. Classifier: normal latents `z` (label 0) against pseudo-anomalies
+   `z' = f^-1(f(z) + eps)` (label 1), by binary cross-entropy.
+
+Generic over the feature kind: "packet" uses the convolutional networks,
+"flow" the MLPs (see `model.nets`). No anomaly label is read anywhere here;
+the validation set is normal data and is used only for the noise scale, for
+picking the flow's best epoch and for the per-epoch validation losses.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.flow import NormalizingFlow
+from model.nets import (
+    Classifier,
+    ConvDecoder,
+    ConvDiscriminator,
+    ConvEncoder,
+    MLPDecoder,
+    MLPDiscriminator,
+    MLPEncoder,
+    ScoringModule,
+    Standardize,
+)
+from sensor.errors import ConfigError
+
+log = structlog.get_logger(__name__)
+
+KINDS = ("packet", "flow")
+
+# Cap on the normal latents kept in the trained model for pseudo-anomalies
+# and the report; enough for smooth histograms, small in memory.
+_KEPT_LATENTS = 20_000
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of the three stages, with defaults that work.
+
+    Sizes: "packet" uses `conv_channels` (each layer halves the length) and a
+    linear head to `latent_dim`; `latent_channels > 0` swaps that head for
+    the paper's convolutional one (latent = channels x length). "flow" uses
+    `mlp_widths`. The flow has `flow_blocks` couplings with subnets of width
+    `flow_hidden` (0: twice the latent size, at least 32).
+
+    Noise: pseudo-anomalies are `f^-1(f(z) + eps)`, `eps ~ N(noise_mean,
+    noise_std^2)` per dimension. With `noise_std=None` the scale is measured
+    on the normal validation latents: it is chosen so that the median squared
+    radius of a noisy point equals the `noise_quantile` quantile of the
+    validation points' squared radii in flow space, i.e. pseudo-anomalies
+    land just outside the typical set of normal data.
+    """
+
+    kind: str
+    input_dim: int
+    latent_dim: int = 32
+    conv_channels: tuple[int, ...] = (16, 32, 64)
+    latent_channels: int = 0
+    mlp_widths: tuple[int, ...] = (64, 32)
+    disc_channels: tuple[int, ...] = (8, 16, 32)
+    disc_widths: tuple[int, ...] = (64, 32)
+    classifier_widths: tuple[int, ...] = (64, 32)
+    classifier_dropout: float = 0.0
+    flow_blocks: int = 4
+    flow_hidden: int = 0
+    flow_clamp: float = 2.0
+    noise_mean: float = 0.0
+    noise_std: float | None = None
+    noise_quantile: float = 0.99
+    recon_weight: float = 50.0
+    adv_weight: float = 1.0
+    epochs_ae: int = 8
+    epochs_flow: int = 20
+    epochs_clf: int = 8
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_flow: float = 1e-3
+    lr_clf: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    target_fpr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(
+                f"kind={self.kind!r} is not a feature kind; use one of {KINDS}"
+            )
+        if self.input_dim < 1 or self.latent_dim < 2:
+            raise ConfigError(
+                f"input_dim={self.input_dim}, latent_dim={self.latent_dim}: "
+                "need input_dim >= 1 and latent_dim >= 2"
+            )
+        if not 0 < self.target_fpr < 1:
+            raise ConfigError(
+                f"target_fpr={self.target_fpr} must lie strictly between 0 and 1"
+            )
+        if self.noise_std is not None and self.noise_std < 0:
+            raise ConfigError(f"noise_std={self.noise_std} must be >= 0 or None")
+        for name in ("conv_channels", "mlp_widths", "disc_channels"):
+            setattr(self, name, tuple(getattr(self, name)))
+        self.disc_widths = tuple(self.disc_widths)
+        self.classifier_widths = tuple(self.classifier_widths)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy (tuples become lists)."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def key(self) -> str:
+        """Short hash of everything but the device, for checkpoint matching."""
+        data = self.to_dict()
+        data.pop("device")
+        text = json.dumps(data, sort_keys=True)
+
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TrainedModel:
+    """The eager modules of all three stages and what training recorded.
+
+    `history` maps a stage name ("ae", "flow", "clf") to one dict per epoch
+    with its mean losses.
+    """
+
+    cfg: TrainConfig
+    encoder: nn.Module
+    decoder: nn.Module
+    discriminator: nn.Module
+    flow: NormalizingFlow
+    classifier: Classifier
+    input_norm: Standardize
+    latent_norm: Standardize
+    noise_std: float
+    history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    train_latents: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    def scoring_module(self) -> ScoringModule:
+        """The inference path (`G_E` + classifier) as one CPU module."""
+        module = ScoringModule(
+            copy.deepcopy(self.input_norm).cpu(),
+            copy.deepcopy(self.encoder).cpu(),
+            copy.deepcopy(self.latent_norm).cpu(),
+            copy.deepcopy(self.classifier).cpu(),
+        )
+
+        return module.eval()
+
+    def _batches(self, x: np.ndarray, size: int = 4096) -> Iterator[Tensor]:
+        device = self.cfg.device
+        for start in range(0, len(x), size):
+            chunk = np.ascontiguousarray(x[start : start + size], dtype=np.float32)
+            yield torch.from_numpy(chunk).to(device)
+
+    @torch.inference_mode()
+    def latents(self, x: np.ndarray) -> np.ndarray:
+        """Standardised encoder latents `(N, latent_dim)` float32."""
+        self.encoder.eval()
+        parts = [
+            self.latent_norm(self.encoder(self.input_norm(b))).cpu().numpy()
+            for b in self._batches(x)
+        ]
+
+        return _concat(parts, self.latent_dim)
+
+    @property
+    def latent_dim(self) -> int:
+        """Size of the flat latent."""
+        return int(self.flow.dim)
+
+    @torch.inference_mode()
+    def score_latents(self, z: np.ndarray) -> np.ndarray:
+        """Classifier anomaly logits `(N,)` float64 for standardised latents."""
+        self.classifier.eval()
+        parts = [self.classifier(b).cpu().numpy() for b in self._batches(z)]
+
+        return _concat(parts).astype(np.float64)
+
+    def score(self, x: np.ndarray) -> np.ndarray:
+        """Anomaly scores `(N,)` float64 of features `(N, D)`; higher = worse."""
+        return self.score_latents(self.latents(x))
+
+    @torch.inference_mode()
+    def score_flow_nll(self, x: np.ndarray) -> np.ndarray:
+        """Negative log-likelihood of the latents under the flow, `(N,)` nats."""
+        self.flow.eval()
+        z = self.latents(x)
+        parts = [-self.flow.log_prob(b).cpu().numpy() for b in self._batches(z)]
+
+        return _concat(parts).astype(np.float64)
+
+    @torch.inference_mode()
+    def pseudo_anomalies(self, n: int, *, seed: int = 0) -> np.ndarray:
+        """`n` pseudo-anomalous latents `z'` from kept normal latents."""
+        if len(self.train_latents) == 0:
+            raise ValueError("no normal latents kept; train the model first")
+        rng = np.random.default_rng(seed)
+        pick = rng.integers(0, len(self.train_latents), size=n)
+        generator = torch.Generator().manual_seed(seed)
+        parts = []
+        for b in self._batches(self.train_latents[pick]):
+            parts.append(
+                _pseudo(
+                    self.flow, b, self.cfg.noise_mean, self.noise_std, generator
+                ).numpy()
+            )
+
+        return _concat(parts, self.latent_dim)
+
+
+def _concat(parts: list[np.ndarray], dim: int | None = None) -> np.ndarray:
+    if parts:
+        return np.concatenate(parts)
+    shape = (0,) if dim is None else (0, dim)
+
+    return np.zeros(shape, dtype=np.float32)
+
+
+def _pseudo(
+    flow: NormalizingFlow,
+    z: Tensor,
+    mean: float,
+    std: float,
+    generator: torch.Generator,
+) -> Tensor:
+    """`f^-1(f(z) + eps)` on CPU noise, returned on CPU, finite."""
+    flow.eval()
+    c, _ = flow(z)
+    eps = torch.randn(c.shape, generator=generator) * std + mean
+    z_new, _ = flow.inverse(c + eps.to(c.device))
+
+    return torch.nan_to_num(z_new, posinf=1e6, neginf=-1e6).cpu()
+
+
+def build_networks(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """Encoder, decoder and discriminator for `cfg.kind` and sizes."""
+    if cfg.kind == "packet":
+        encoder: nn.Module = ConvEncoder(
+            cfg.input_dim,
+            cfg.conv_channels,
+            cfg.latent_dim,
+            latent_channels=cfg.latent_channels,
+        )
+        decoder: nn.Module = ConvDecoder(
+            cfg.input_dim,
+            cfg.conv_channels,
+            cfg.latent_dim,
+            latent_channels=cfg.latent_channels,
+        )
+        disc: nn.Module = ConvDiscriminator(cfg.input_dim, cfg.disc_channels)
+    else:
+        encoder = MLPEncoder(cfg.input_dim, cfg.mlp_widths, cfg.latent_dim)
+        decoder = MLPDecoder(cfg.input_dim, cfg.mlp_widths, cfg.latent_dim)
+        disc = MLPDiscriminator(cfg.input_dim, cfg.disc_widths)
+
+    return encoder, decoder, disc
+
+
+def encoder_latent_dim(cfg: TrainConfig, encoder: nn.Module) -> int:
+    """The flat latent size the encoder really produces."""
+    return int(getattr(encoder, "latent_dim", cfg.latent_dim))
+
+
+class _Checkpoints:
+    """One file per stage under `directory`, reused only for the same config.
+
+    Each file holds the stage's modules, optimiser state, history and the
+    last finished epoch, so an interrupted run resumes at the next epoch.
+    """
+
+    def __init__(self, directory: Path | None, cfg: TrainConfig) -> None:
+        self.directory = directory
+        self.key = cfg.key()
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+
+    def load(self, stage: str) -> dict[str, Any] | None:
+        if self.directory is None:
+            return None
+        path = self.directory / f"{stage}.pt"
+        if not path.exists():
+            return None
+        state: dict[str, Any] = torch.load(path, map_location="cpu")
+        if state.get("key") != self.key:
+            log.info("checkpoint.ignored", path=str(path), reason="config differs")
+            return None
+        log.info("checkpoint.resumed", path=str(path), epoch=state["epoch"])
+
+        return state
+
+    def save(self, stage: str, state: dict[str, Any]) -> None:
+        if self.directory is None:
+            return
+        path = self.directory / f"{stage}.pt"
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save({**state, "key": self.key}, tmp)
+        tmp.replace(path)
+
+
+def _epochs(stage: str, start: int, total: int) -> Iterator[int]:
+    """Epoch numbers, with a tqdm bar only when a person is watching."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(range(start, total), desc=stage, initial=start, total=total)
+    else:
+        yield from range(start, total)
+
+
+def _report_epoch(stage: str, epoch: int, losses: dict[str, float]) -> None:
+    if not sys.stderr.isatty():
+        log.info("train.epoch", stage=stage, epoch=epoch, **losses)
+
+
+def _minibatches(n: int, size: int, rng: np.random.Generator) -> Iterator[Tensor]:
+    order = torch.from_numpy(rng.permutation(n))
+    for start in range(0, n, size):
+        yield order[start : start + size]
+
+
+def _seed(cfg: TrainConfig, stage: int, epoch: int) -> np.random.Generator:
+    """Seeds torch and returns a numpy generator for one epoch of one stage."""
+    seed = cfg.seed * 1_000_003 + stage * 10_007 + epoch
+    torch.manual_seed(seed)
+
+    return np.random.default_rng(seed)
+
+
+def _standardizer(x: Tensor, *, identity: bool = False) -> Standardize:
+    if identity:
+        dim = x.shape[1]
+        return Standardize(torch.zeros(dim), torch.ones(dim))
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, unbiased=False)
+    # Constant features keep unit scale instead of dividing by ~0.
+    std = torch.where(std > 1e-6, std, torch.ones_like(std))
+
+    return Standardize(mean.cpu(), std.cpu())
+
+
+def _train_autoencoder(
+    cfg: TrainConfig,
+    encoder: nn.Module,
+    decoder: nn.Module,
+    disc: nn.Module,
+    x_train: Tensor,
+    x_val: Tensor,
+    ckpt: _Checkpoints,
+) -> list[dict[str, float]]:
+    """Stage 1: reconstruction + feature matching against a discriminator."""
+    params = list(encoder.parameters()) + list(decoder.parameters())
+    opt_g = torch.optim.Adam(params, lr=cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    history: list[dict[str, float]] = []
+    start = 0
+    state = ckpt.load("stage1")
+    if state is not None:
+        encoder.load_state_dict(state["encoder"])
+        decoder.load_state_dict(state["decoder"])
+        disc.load_state_dict(state["discriminator"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        history = state["history"]
+        start = state["epoch"] + 1
+
+    for epoch in _epochs("ae", start, cfg.epochs_ae):
+        rng = _seed(cfg, 1, epoch)
+        encoder.train()
+        decoder.train()
+        disc.train()
+        sums = {"recon": 0.0, "adv": 0.0, "disc": 0.0}
+        count = 0
+        for idx in _minibatches(len(x_train), cfg.batch_size, rng):
+            if len(idx) < 2:
+                continue
+            xb = x_train[idx.to(x_train.device)]
+            recon = decoder(encoder(xb))
+
+            logit_real, _ = disc(xb)
+            logit_fake, _ = disc(recon.detach())
+            loss_d = F.binary_cross_entropy_with_logits(
+                logit_real, torch.ones_like(logit_real)
+            ) + F.binary_cross_entropy_with_logits(
+                logit_fake, torch.zeros_like(logit_fake)
+            )
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+
+            _, feat_real = disc(xb)
+            _, feat_fake = disc(recon)
+            loss_recon = F.mse_loss(recon, xb)
+            loss_adv = F.mse_loss(feat_fake, feat_real.detach())
+            loss_g = cfg.recon_weight * loss_recon + cfg.adv_weight * loss_adv
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+
+            n = len(idx)
+            sums["recon"] += float(loss_recon.detach()) * n
+            sums["adv"] += float(loss_adv.detach()) * n
+            sums["disc"] += float(loss_d.detach()) * n
+            count += n
+
+        losses = {k: v / max(count, 1) for k, v in sums.items()}
+        losses["loss"] = cfg.recon_weight * losses["recon"] + losses["adv"]
+        losses["val_recon"] = _val_recon(encoder, decoder, x_val)
+        history.append({"epoch": float(epoch), **losses})
+        _report_epoch("ae", epoch, losses)
+        ckpt.save(
+            "stage1",
+            {
+                "epoch": epoch,
+                "encoder": encoder.state_dict(),
+                "decoder": decoder.state_dict(),
+                "discriminator": disc.state_dict(),
+                "opt_g": opt_g.state_dict(),
+                "opt_d": opt_d.state_dict(),
+                "history": history,
+            },
+        )
+
+    return history
+
+
+@torch.no_grad()
+def _val_recon(encoder: nn.Module, decoder: nn.Module, x_val: Tensor) -> float:
+    if len(x_val) == 0:
+        return math.nan
+    encoder.eval()
+    decoder.eval()
+    total = 0.0
+    for start in range(0, len(x_val), 4096):
+        xb = x_val[start : start + 4096]
+        total += float(F.mse_loss(decoder(encoder(xb)), xb, reduction="sum"))
+
+    return total / x_val.numel()
+
+
+@torch.no_grad()
+def _encode(encoder: nn.Module, x: Tensor) -> Tensor:
+    encoder.eval()
+    parts = [encoder(x[s : s + 4096]) for s in range(0, len(x), 4096)]
+    if not parts:
+        return torch.zeros(0, 0, device=x.device)
+
+    return torch.cat(parts)
+
+
+def _nll_per_dim(flow: NormalizingFlow, z: Tensor) -> Tensor:
+    return -flow.log_prob(z).mean() / flow.dim
+
+
+def _train_flow(
+    cfg: TrainConfig,
+    flow: NormalizingFlow,
+    z_train: Tensor,
+    z_val: Tensor,
+    ckpt: _Checkpoints,
+) -> list[dict[str, float]]:
+    """Stage 2: maximum likelihood; keeps the epoch with the best val NLL."""
+    opt = torch.optim.Adam(flow.parameters(), lr=cfg.lr_flow)
+    history: list[dict[str, float]] = []
+    start = 0
+    best_state = copy.deepcopy(flow.state_dict())
+    best_val = math.inf
+    state = ckpt.load("stage2")
+    if state is not None:
+        flow.load_state_dict(state["flow"])
+        opt.load_state_dict(state["opt"])
+        history = state["history"]
+        best_state = state["best_flow"]
+        best_val = state["best_val"]
+        start = state["epoch"] + 1
+
+    for epoch in _epochs("flow", start, cfg.epochs_flow):
+        rng = _seed(cfg, 2, epoch)
+        flow.train()
+        total, count = 0.0, 0
+        for idx in _minibatches(len(z_train), cfg.batch_size, rng):
+            if len(idx) < 2:
+                continue
+            loss = _nll_per_dim(flow, z_train[idx.to(z_train.device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(flow.parameters(), 10.0)
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+
+        flow.eval()
+        with torch.no_grad():
+            val = float(_nll_per_dim(flow, z_val)) if len(z_val) else math.nan
+        losses = {"loss": total / max(count, 1), "val_loss": val}
+        history.append({"epoch": float(epoch), **losses})
+        _report_epoch("flow", epoch, losses)
+        # A NaN validation loss never counts as best.
+        if val < best_val or (math.isnan(best_val) and not math.isnan(val)):
+            best_val = val
+            best_state = copy.deepcopy(flow.state_dict())
+        ckpt.save(
+            "stage2",
+            {
+                "epoch": epoch,
+                "flow": flow.state_dict(),
+                "opt": opt.state_dict(),
+                "history": history,
+                "best_flow": best_state,
+                "best_val": best_val,
+            },
+        )
+
+    if not math.isinf(best_val):
+        flow.load_state_dict(best_state)
+    flow.eval()
+
+    return history
+
+
+@torch.no_grad()
+def measure_noise_std(
+    flow: NormalizingFlow, z_val: Tensor, *, mean: float, quantile: float
+) -> float:
+    """Noise scale that puts pseudo-anomalies just outside the typical set.
+
+    With `c = f(z)` for normal validation latents and `eps ~ N(mean, s^2)`
+    per dimension, `E|c + eps|^2 = |c|^2 + d (mean^2 + s^2)`. `s` is chosen
+    so that the median `|c|^2` moved by that amount reaches the `quantile`
+    quantile of `|c|^2`. A floor of 0.1 keeps pseudo-anomalies distinct
+    from normal points when the validation radii barely spread.
+    """
+    flow.eval()
+    c, _ = flow(z_val)
+    r2 = (c**2).sum(dim=1).double().cpu().numpy()
+    r2 = r2[np.isfinite(r2)]
+    if len(r2) < 2:
+        return 1.0
+    gap = float(np.quantile(r2, quantile) - np.median(r2)) / flow.dim
+    variance = gap - mean**2
+
+    return float(max(math.sqrt(max(variance, 0.0)), 0.1))
+
+
+def _train_classifier(
+    cfg: TrainConfig,
+    classifier: Classifier,
+    flow: NormalizingFlow,
+    z_train: Tensor,
+    z_val: Tensor,
+    noise_std: float,
+    ckpt: _Checkpoints,
+) -> list[dict[str, float]]:
+    """Stage 3: BCE, normal latents 0, fresh pseudo-anomalies 1 each batch."""
+    opt = torch.optim.Adam(classifier.parameters(), lr=cfg.lr_clf)
+    history: list[dict[str, float]] = []
+    start = 0
+    state = ckpt.load("stage3")
+    if state is not None:
+        classifier.load_state_dict(state["classifier"])
+        opt.load_state_dict(state["opt"])
+        history = state["history"]
+        start = state["epoch"] + 1
+    val_gen = torch.Generator().manual_seed(cfg.seed + 77)
+    z_val_pseudo = (
+        _pseudo(flow, z_val, cfg.noise_mean, noise_std, val_gen).to(z_val.device)
+        if len(z_val)
+        else z_val
+    )
+
+    for epoch in _epochs("clf", start, cfg.epochs_clf):
+        rng = _seed(cfg, 3, epoch)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        classifier.train()
+        sums = {"loss": 0.0, "loss_normal": 0.0, "loss_pseudo": 0.0}
+        count = 0
+        for idx in _minibatches(len(z_train), cfg.batch_size, rng):
+            if len(idx) < 2:
+                continue
+            zb = z_train[idx.to(z_train.device)]
+            with torch.no_grad():
+                zp = _pseudo(flow, zb, cfg.noise_mean, noise_std, generator)
+            loss_n, loss_p = _clf_losses(classifier, zb, zp.to(zb.device))
+            loss = 0.5 * (loss_n + loss_p)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            n = len(idx)
+            sums["loss"] += float(loss.detach()) * n
+            sums["loss_normal"] += float(loss_n.detach()) * n
+            sums["loss_pseudo"] += float(loss_p.detach()) * n
+            count += n
+
+        losses = {k: v / max(count, 1) for k, v in sums.items()}
+        classifier.eval()
+        with torch.no_grad():
+            if len(z_val):
+                val_n, val_p = _clf_losses(classifier, z_val, z_val_pseudo)
+                losses["val_loss_normal"] = float(val_n)
+                losses["val_loss"] = float(0.5 * (val_n + val_p))
+        history.append({"epoch": float(epoch), **losses})
+        _report_epoch("clf", epoch, losses)
+        ckpt.save(
+            "stage3",
+            {
+                "epoch": epoch,
+                "classifier": classifier.state_dict(),
+                "opt": opt.state_dict(),
+                "history": history,
+            },
+        )
+    classifier.eval()
+
+    return history
+
+
+def _clf_losses(
+    classifier: Classifier, normal: Tensor, pseudo: Tensor
+) -> tuple[Tensor, Tensor]:
+    """BCE on normal latents (label 0) and on pseudo-anomalies (label 1)."""
+    logit_n = classifier(normal)
+    logit_p = classifier(pseudo)
+    loss_n = F.binary_cross_entropy_with_logits(logit_n, torch.zeros_like(logit_n))
+    loss_p = F.binary_cross_entropy_with_logits(logit_p, torch.ones_like(logit_p))
+
+    return loss_n, loss_p
+
+
+def _as_tensor(x: np.ndarray, cfg: TrainConfig, name: str) -> Tensor:
+    if x.ndim != 2 or x.shape[1] != cfg.input_dim:
+        raise ConfigError(
+            f"{name} has shape {x.shape}; expected (N, {cfg.input_dim}) "
+            "to match TrainConfig.input_dim"
+        )
+    if not np.isfinite(x).all():
+        raise ConfigError(
+            f"{name} holds NaN or infinite values; clean the features first"
+        )
+
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(cfg.device)
+
+
+def train_three_stage(
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    cfg: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    on_stage: Callable[[str], None] | None = None,
+) -> TrainedModel:
+    """Train all three stages on normal samples.
+
+    Args:
+        x_train: normal training features `(N, D)` float32 (packets: bytes
+            scaled to [0, 1]).
+        x_val: normal validation features `(M, D)`; sets the noise scale and
+            the flow's best epoch; never used for gradient steps.
+        cfg: sizes, epochs and seeds.
+        checkpoint_dir: one checkpoint file per stage, written every epoch;
+            a rerun with the same config resumes where it stopped.
+        on_stage: called with "ae", "flow", "clf" before each stage.
+
+    Returns:
+        The eager model with its per-epoch history.
+
+    Raises:
+        ConfigError: features of the wrong shape or non-finite, or fewer
+            than 2 training samples.
+    """
+    if len(x_train) < 2:
+        raise ConfigError(
+            f"{len(x_train)} training samples; need at least 2 normal samples"
+        )
+    xt = _as_tensor(x_train, cfg, "x_train")
+    xv = _as_tensor(x_val, cfg, "x_val")
+    ckpt = _Checkpoints(checkpoint_dir, cfg)
+    torch.manual_seed(cfg.seed)
+
+    input_norm = _standardizer(xt, identity=cfg.kind == "packet").to(cfg.device)
+    xt_n, xv_n = input_norm(xt), input_norm(xv)
+    encoder, decoder, disc = build_networks(cfg)
+    encoder, decoder, disc = (
+        encoder.to(cfg.device),
+        decoder.to(cfg.device),
+        disc.to(cfg.device),
+    )
+    if on_stage:
+        on_stage("ae")
+    hist_ae = _train_autoencoder(cfg, encoder, decoder, disc, xt_n, xv_n, ckpt)
+
+    z_raw = _encode(encoder, xt_n)
+    latent_norm = _standardizer(z_raw).to(cfg.device)
+    zt = latent_norm(z_raw)
+    zv = latent_norm(_encode(encoder, xv_n)) if len(xv_n) else zt[:0]
+    dim = encoder_latent_dim(cfg, encoder)
+    torch.manual_seed(cfg.seed + 2)
+    flow = NormalizingFlow(
+        dim,
+        cfg.flow_blocks,
+        hidden=cfg.flow_hidden,
+        clamp=cfg.flow_clamp,
+        seed=cfg.seed,
+    ).to(cfg.device)
+    if on_stage:
+        on_stage("flow")
+    hist_flow = _train_flow(cfg, flow, zt, zv, ckpt)
+
+    if cfg.noise_std is None:
+        reference = zv if len(zv) >= 2 else zt
+        noise_std = measure_noise_std(
+            flow, reference, mean=cfg.noise_mean, quantile=cfg.noise_quantile
+        )
+    else:
+        noise_std = cfg.noise_std
+    log.info("train.noise", noise_mean=cfg.noise_mean, noise_std=noise_std)
+    torch.manual_seed(cfg.seed + 3)
+    classifier = Classifier(
+        dim, cfg.classifier_widths, dropout=cfg.classifier_dropout
+    ).to(cfg.device)
+    if on_stage:
+        on_stage("clf")
+    hist_clf = _train_classifier(cfg, classifier, flow, zt, zv, noise_std, ckpt)
+
+    keep = np.random.default_rng(cfg.seed).permutation(len(zt))[:_KEPT_LATENTS]
+
+    return TrainedModel(
+        cfg=cfg,
+        encoder=encoder.eval(),
+        decoder=decoder.eval(),
+        discriminator=disc.eval(),
+        flow=flow,
+        classifier=classifier,
+        input_norm=input_norm,
+        latent_norm=latent_norm,
+        noise_std=noise_std,
+        history={"ae": hist_ae, "flow": hist_flow, "clf": hist_clf},
+        train_latents=zt[torch.from_numpy(keep).to(zt.device)].cpu().numpy(),
+    )

@@ -1,0 +1,209 @@
+"""The model file: round trip, metadata, and clear refusals of bad files."""
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import model.artifact as artifact
+from model.artifact import (
+    ModelLoadError,
+    ModelMetadata,
+    export_model,
+    load_model,
+    read_metadata,
+)
+from model.train import TrainConfig, TrainedModel, train_three_stage
+from sensor.errors import ModelError
+
+torch.set_num_threads(1)
+
+SCHEMA = {"kind": "flow", "columns": ["a", "b", "c"], "means": [0.5, 1.0, 2.0]}
+CASE_FILES = (
+    "model_empty.pt",
+    "model_truncated.pt",
+    "model_lfs_pointer.pt",
+    "model_future_version.pt",
+)
+
+
+@pytest.fixture(scope="module")
+def features() -> np.ndarray:
+    """Skewed three-column features (a small synthetic flow set)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 3)).astype(np.float32)
+    x[:, 2] = np.exp(x[:, 0]) + 0.1 * x[:, 2]
+    return x
+
+
+@pytest.fixture(scope="module")
+def trained(features: np.ndarray) -> TrainedModel:
+    """A tiny flow-kind model."""
+    cfg = TrainConfig(
+        kind="flow",
+        input_dim=3,
+        latent_dim=4,
+        mlp_widths=(8,),
+        disc_widths=(8,),
+        classifier_widths=(8,),
+        flow_blocks=2,
+        epochs_ae=1,
+        epochs_flow=1,
+        epochs_clf=1,
+    )
+    return train_three_stage(features[:500], features[500:], cfg)
+
+
+def _metadata(**changes: object) -> ModelMetadata:
+    base: dict[str, object] = dict(
+        kind="flow",
+        input_dim=3,
+        threshold=1.25,
+        target_fpr=1e-3,
+        feature_schema=SCHEMA,
+        training={"records": 500},
+        validation={"fpr": 0.0},
+    )
+    base.update(changes)
+    return ModelMetadata(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def model_file(trained: TrainedModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported once."""
+    path = tmp_path_factory.mktemp("model") / "flow.pt"
+    export_model(trained, path, _metadata())
+    return path
+
+
+def test_loaded_scores_equal_eager_scores(
+    trained: TrainedModel, model_file: Path, features: np.ndarray
+) -> None:
+    """The exported file scores exactly like the eager model it came from."""
+    loaded = load_model(model_file, expect_kind="flow", expect_feature_schema=SCHEMA)
+    eager = trained.score(features)
+    scores = loaded.score(features)
+    assert scores.dtype == np.float64 and scores.shape == (len(features),)
+    np.testing.assert_allclose(scores, eager, rtol=1e-6, atol=1e-6)
+
+
+def test_metadata_round_trips_and_is_filled_in(model_file: Path) -> None:
+    """Given fields come back; version, time, code and torch are filled."""
+    meta = load_model(model_file).metadata
+    assert meta == read_metadata(model_file)
+    assert meta.threshold == 1.25 and meta.feature_schema == SCHEMA
+    assert meta.format_version == artifact.FORMAT_VERSION
+    assert meta.torch_version == torch.__version__
+    assert meta.code_version.startswith("bflow ")
+    assert meta.model_version and meta.created
+
+
+def test_export_leaves_no_temporary_files(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    """Writing twice over one path leaves just the model file behind."""
+    path = tmp_path / "m.pt"
+    export_model(trained, path, _metadata())
+    export_model(trained, path, _metadata(threshold=2.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    assert read_metadata(path).threshold == 2.0
+
+
+@pytest.mark.parametrize("name", CASE_FILES)
+def test_broken_files_raise_one_clear_model_error(cases_dir: Path, name: str) -> None:
+    """Each case-20 file gives a ModelError with path, size, hash, torch, cause."""
+    path = cases_dir / "20-torchscript-model-file" / name
+    data = path.read_bytes()
+    with pytest.raises(ModelError) as info:
+        load_model(path)
+    text = str(info.value)
+    assert str(path) in text
+    assert f"{len(data)} bytes" in text
+    assert hashlib.sha256(data).hexdigest() in text
+    assert f"running {torch.__version__}" in text
+    assert "Underlying error: RuntimeError" in text
+    assert "What to do:" in text
+    assert isinstance(info.value, ModelLoadError)
+    assert info.value.details["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("name", "cause"),
+    [
+        ("model_empty.pt", "empty"),
+        ("model_truncated.pt", "not a complete TorchScript archive"),
+        ("model_lfs_pointer.pt", "Git LFS pointer"),
+        ("model_future_version.pt", "newer torch"),
+    ],
+)
+def test_broken_files_are_diagnosed(cases_dir: Path, name: str, cause: str) -> None:
+    """The message says what is wrong with each kind of broken file."""
+    with pytest.raises(ModelError, match=cause):
+        load_model(cases_dir / "20-torchscript-model-file" / name)
+
+
+def test_missing_file_is_a_model_error(tmp_path: Path) -> None:
+    """A path that does not exist is a ModelError naming it."""
+    with pytest.raises(ModelError, match="does not exist"):
+        load_model(tmp_path / "absent.pt")
+
+
+def test_feature_schema_mismatch_names_the_keys(model_file: Path) -> None:
+    """A differing feature schema is refused, listing the keys that differ."""
+    data_schema = {**SCHEMA, "means": [0.5, 1.0, 3.0], "extra": True}
+    with pytest.raises(ModelError) as info:
+        load_model(model_file, expect_feature_schema=data_schema)
+    text = str(info.value)
+    assert "means" in text and "extra (only in the data's schema)" in text
+    assert "columns" not in text
+
+
+def test_wrong_kind_is_refused(model_file: Path) -> None:
+    """Asking for a packet model and finding a flow model is a ModelError."""
+    with pytest.raises(ModelError, match="'flow' model, expected a 'packet'"):
+        load_model(model_file, expect_kind="packet")
+
+
+def test_newer_format_version_is_refused(
+    trained: TrainedModel, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file written in a later format version is refused by this reader."""
+    path = tmp_path / "future.pt"
+    monkeypatch.setattr(artifact, "FORMAT_VERSION", 2)
+    export_model(trained, path, _metadata())
+    monkeypatch.undo()
+    with pytest.raises(ModelError, match="format version 2 is newer"):
+        load_model(path)
+
+
+def test_saved_torch_version_is_quoted_when_loading_fails(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """A damaged model whose metadata survives names the torch it came from."""
+    broken = tmp_path / "damaged.pt"
+    with (
+        zipfile.ZipFile(model_file) as source,
+        zipfile.ZipFile(broken, "w", zipfile.ZIP_STORED) as target,
+    ):
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("/data.pkl"):
+                data = b"not a pickle"
+            target.writestr(item, data)
+    with pytest.raises(ModelError) as info:
+        load_model(broken)
+    assert f"saved with torch {torch.__version__}, running" in str(info.value)
+    assert info.value.details["torch_saved"] == torch.__version__  # type: ignore[attr-defined]
+
+
+def test_wrong_feature_width_at_score_time_is_a_model_error(
+    model_file: Path,
+) -> None:
+    """Scoring (N, 4) features with a (N, 3) model raises a ModelError."""
+    loaded = load_model(model_file)
+    with pytest.raises(ModelError, match=r"expects \(N, 3\)"):
+        loaded.score(np.zeros((2, 4), dtype=np.float32))
+    assert loaded.score(np.zeros((0, 3), dtype=np.float32)).shape == (0,)

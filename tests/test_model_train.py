@@ -1,0 +1,166 @@
+"""Three-stage training on real packets: every stage learns, seeds repeat."""
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from model.features.flow import FlowFeatureSchema
+from model.features.packet import PacketFeatureConfig, packet_features
+from model.features.pcap import sample_pcap
+from model.train import TrainConfig, TrainedModel, train_three_stage
+from sensor.errors import ConfigError
+from sensor.reader import read_log
+
+torch.set_num_threads(1)
+
+INPUT_LEN = 128
+
+
+def small_config(**changes: object) -> TrainConfig:
+    """Tiny networks so a test trains in seconds."""
+    base: dict[str, object] = dict(
+        kind="packet",
+        input_dim=INPUT_LEN,
+        latent_dim=8,
+        conv_channels=(4, 8),
+        disc_channels=(4, 8),
+        classifier_widths=(16,),
+        flow_blocks=2,
+        epochs_ae=3,
+        epochs_flow=4,
+        epochs_clf=5,
+        batch_size=128,
+        seed=3,
+    )
+    base.update(changes)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def benign_packets(data_dir: Path) -> np.ndarray:
+    """Sampled payload packets of one benign lab run, as features."""
+    table = sample_pcap(data_dir / "lab/benign-1/benign-1.pcap")
+    x, _ = packet_features(table, PacketFeatureConfig(input_len=INPUT_LEN))
+    assert len(x) > 500
+    return x
+
+
+@pytest.fixture(scope="module")
+def trained(benign_packets: np.ndarray) -> TrainedModel:
+    """One small model trained on 80 % of the benign packets."""
+    cut = int(0.8 * len(benign_packets))
+    return train_three_stage(benign_packets[:cut], benign_packets[cut:], small_config())
+
+
+def test_classifier_loss_on_normal_samples_is_nonzero_and_falls(
+    trained: TrainedModel,
+) -> None:
+    """The BCE on normal latents (label 0) is positive and drops over epochs."""
+    normal = [e["loss_normal"] for e in trained.history["clf"]]
+    assert all(v > 0 for v in normal)
+    assert normal[-1] < normal[0]
+
+
+def test_stages_one_and_two_really_train(trained: TrainedModel) -> None:
+    """Reconstruction error and flow NLL both fall from their first epoch."""
+    recon = [e["recon"] for e in trained.history["ae"]]
+    nll = [e["val_loss"] for e in trained.history["flow"]]
+    assert recon[-1] < recon[0]
+    assert min(nll) < nll[0]
+
+
+def test_pseudo_anomalies_score_above_normal_latents(trained: TrainedModel) -> None:
+    """The score is monotone in 'anomaly': pseudo-anomalies score higher."""
+    normal = trained.score_latents(trained.train_latents)
+    pseudo = trained.score_latents(trained.pseudo_anomalies(len(normal)))
+    assert pseudo.shape == normal.shape
+    assert np.median(pseudo) > np.median(normal)
+
+
+def test_scores_are_float64_one_per_record(
+    trained: TrainedModel, benign_packets: np.ndarray
+) -> None:
+    """score and score_flow_nll give (N,) float64, finite."""
+    for scores in (
+        trained.score(benign_packets[:50]),
+        trained.score_flow_nll(benign_packets[:50]),
+    ):
+        assert scores.shape == (50,)
+        assert scores.dtype == np.float64
+        assert np.isfinite(scores).all()
+
+
+def test_same_seed_gives_the_same_model(benign_packets: np.ndarray) -> None:
+    """Two runs with one seed score identically; another seed does not."""
+    cfg = small_config(epochs_ae=1, epochs_flow=1, epochs_clf=1)
+    x, v = benign_packets[:400], benign_packets[400:500]
+    first = train_three_stage(x, v, cfg).score(v)
+    again = train_three_stage(x, v, cfg).score(v)
+    other = train_three_stage(x, v, small_config(**{**_one_epoch(), "seed": 4}))
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first, other.score(v))
+
+
+def _one_epoch() -> dict[str, object]:
+    return {"epochs_ae": 1, "epochs_flow": 1, "epochs_clf": 1}
+
+
+def test_checkpoints_resume_a_finished_run(
+    benign_packets: np.ndarray, tmp_path: Path
+) -> None:
+    """A rerun with the same config reloads every stage and scores the same."""
+    cfg = small_config(**_one_epoch())
+    x, v = benign_packets[:400], benign_packets[400:500]
+    first = train_three_stage(x, v, cfg, checkpoint_dir=tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "stage1.pt",
+        "stage2.pt",
+        "stage3.pt",
+    ]
+    resumed = train_three_stage(x, v, cfg, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(first.score(v), resumed.score(v))
+    assert resumed.history == first.history
+
+
+def test_flow_kind_trains_on_conn_log_features(data_dir: Path) -> None:
+    """The MLP variant trains on real conn.log features and scores them."""
+    batches = [b.records for b in read_log(data_dir / "lab/benign-1/zeek/conn.log")]
+    table = pa.Table.from_batches(batches)
+    schema = FlowFeatureSchema().fit(table)
+    x = schema.transform(table)
+    cfg = TrainConfig(
+        kind="flow",
+        input_dim=x.shape[1],
+        latent_dim=6,
+        mlp_widths=(16,),
+        disc_widths=(16,),
+        classifier_widths=(16,),
+        flow_blocks=2,
+        epochs_ae=2,
+        epochs_flow=2,
+        epochs_clf=3,
+    )
+    cut = int(0.8 * len(x))
+    model = train_three_stage(x[:cut], x[cut:], cfg)
+    scores = model.score(x[cut:])
+    assert scores.shape == (len(x) - cut,)
+    assert np.isfinite(scores).all()
+    total = [e["loss"] for e in model.history["clf"]]
+    assert total[-1] < total[0]
+
+
+def test_wrong_feature_width_is_refused(benign_packets: np.ndarray) -> None:
+    """Features whose width differs from input_dim raise a ConfigError."""
+    with pytest.raises(ConfigError, match=r"expected \(N, 64\)"):
+        train_three_stage(
+            benign_packets[:10], benign_packets[10:20], small_config(input_dim=64)
+        )
+
+
+def test_unknown_kind_is_refused() -> None:
+    """A feature kind other than packet or flow is a ConfigError naming it."""
+    with pytest.raises(ConfigError, match="'pixels'"):
+        small_config(kind="pixels")
