@@ -119,10 +119,18 @@ class LogFormat:
         columns: the columns in file order.
         max_line: refuse records whose line (with `\\n`) is longer; None for
             no limit.
+        port_proto: write ports as `N/proto` (what the Input reader needs to
+            know the protocol); False writes the bare number, as Zeek's own
+            log writer does (conn.log carries the protocol in `proto`).
     """
 
     def __init__(
-        self, path: str, columns: Sequence[Column], *, max_line: int | None = None
+        self,
+        path: str,
+        columns: Sequence[Column],
+        *,
+        max_line: int | None = None,
+        port_proto: bool = True,
     ) -> None:
         names = [c.name for c in columns]
         if not columns or len(set(names)) != len(names):
@@ -132,6 +140,7 @@ class LogFormat:
         self.path = path
         self.columns = tuple(columns)
         self.max_line = max_line
+        self.port_proto = port_proto
         self._by_name = {c.name: c for c in columns}
 
     @classmethod
@@ -143,6 +152,7 @@ class LogFormat:
         optional: Iterable[str] = (),
         max_bytes: Mapping[str, int] | None = None,
         max_line: int | None = None,
+        port_proto: bool = True,
     ) -> LogFormat:
         """Build a format from `sensor.contract` fields."""
         optional = set(optional)
@@ -152,7 +162,7 @@ class LogFormat:
             for f in fields
         ]
 
-        return cls(path, columns, max_line=max_line)
+        return cls(path, columns, max_line=max_line, port_proto=port_proto)
 
     def fields_line(self) -> bytes:
         """The `#fields` header line, without its newline."""
@@ -202,6 +212,11 @@ class LogFormat:
                 f"{self.path!r}; its columns are {list(self._by_name)}"
             )
         parts = [format_value(c, values.get(c.name)) for c in self.columns]
+        if not self.port_proto:
+            parts = [
+                p.split(b"/", 1)[0] if c.zeek_type == "port" else p
+                for c, p in zip(self.columns, parts, strict=True)
+            ]
         if parts[-1] == b"":
             last = self.columns[-1]
             raise ValueRejected(
