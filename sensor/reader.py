@@ -12,9 +12,10 @@ Rules the decoder keeps (cases 01-07, 10, 11 and 15 in `shared/cases`):
 - TSV fields are typed from `#fields`/`#types` through the one table in
   `sensor.zeektypes`; separators and markers come from the header. A new
   `#separator` line starts a new header block: new schema, new batches.
-- A line with the wrong number of fields, a value that does not parse, or a
-  data line before any `#fields` is skipped, counted in `stats` and logged
-  with file and line number (the first few per file; then a summary).
+- A line with the wrong number of fields, a value that does not parse, a
+  data line before any `#fields` or after `#close` is skipped, counted in
+  `stats` and logged with file and line number (the first few per file,
+  then a summary). Blank lines are counted apart and otherwise ignored.
 - Logs named in `KNOWN_SCHEMAS` ("conn", our packet log) come out with that
   schema whatever the file holds: known fields first in schema order, with
   all-null columns (and one warning per file) for those the file lacks, then
@@ -231,6 +232,11 @@ class LogDecoder:
     The format (TSV or JSON lines) is detected from the first non-blank
     line. Feed it chunks of any size; it returns the batches that are full.
 
+    A JSON log with no known schema has no header to resume from: after a
+    resume (`skip_until`) the field types of keys no known schema names are
+    inferred again from the records that follow, and a key that only
+    appeared before the resume point is not a column until it appears again.
+
     Attributes:
         source: the file name, for logs and `Batch.source`.
         offset: bytes of complete lines taken from the stream so far; lines
@@ -283,6 +289,8 @@ class LogDecoder:
         self._warned: set[str] = set()
         self._json_types: dict[str, str] = {}
         self._json_path: str | None = None
+        self._json_path_known = False
+        self._json_keys: dict[str, None] = {}
 
     # -- public API -------------------------------------------------------
 
@@ -298,6 +306,11 @@ class LogDecoder:
         last = self._tail.rfind(b"\n")
         if last < 0:
             return []
+        if self.format is None:
+            # Only blank and comment lines so far: wait for one that tells.
+            self._detect(bytes(self._tail[: last + 1]))
+            if self.format is None:
+                return []
         chunk = bytes(self._tail[: last + 1])
         del self._tail[: last + 1]
 
@@ -317,6 +330,16 @@ class LogDecoder:
         A partial last line is dropped, counted as an error and logged with
         file and offset.
         """
+        if self.format is None and self._tail:
+            # Nothing but blank or comment lines (and maybe a fragment).
+            *lines, self._tail[:] = self._tail.split(b"\n")
+            for line in lines:
+                self._line_no += 1
+                self.offset += len(line) + 1
+                if line.strip():
+                    self._skip(self._line_no, "comment line, no Zeek header")
+                else:
+                    self.stats.blank += 1
         batches = self._emit_pending(everything=True)
         if error is not None:
             self.stats.errors += 1
@@ -356,11 +379,6 @@ class LogDecoder:
         self.offset += len(chunk)
         self._line_no += chunk.count(b"\n")
 
-        if self.format is None:
-            self._detect(chunk)
-        if self.format is None:
-            self.stats.blank += chunk.count(b"\n")
-            return []
         if self.format == "json":
             return self._append_run(chunk, base, first_line)
 
@@ -472,12 +490,15 @@ class LogDecoder:
     def _append_run(self, run: bytes, offset: int, line_no: int) -> list[Batch]:
         """Queue a run of data lines; return the batches it fills."""
         if offset + len(run) <= self.skip_until:
+            if self.format == "json" and not self._json_path_known:
+                self._decide_json_path(run)
             return []
+        if self.format == "json" and not self._json_path_known:
+            self._decide_json_path(run)
         if offset < self.skip_until:
-            # Resuming inside this run: drop the lines already delivered.
-            cut = self.skip_until - offset
-            if run[cut - 1 : cut] != b"\n":
-                cut = run.find(b"\n", cut) + 1
+            # Resuming inside this run: drop the lines that end at or before
+            # the resume offset; a line it falls inside is still emitted.
+            cut = run.rfind(b"\n", 0, self.skip_until - offset) + 1
             line_no += run.count(b"\n", 0, cut)
             offset += cut
             run = run[cut:]
@@ -794,13 +815,12 @@ class LogDecoder:
         if not records:
             return None, None
 
-        if self._json_path is None:
-            path = records[0].get("_path")
-            self._json_path = self.log_path or (path if isinstance(path, str) else None)
         log_path = self._json_path
         known = KNOWN_SCHEMAS.get(log_path or "")
 
-        keys: dict[str, None] = {}
+        # Every key seen so far in the file, in first-seen order, so batches
+        # of one file keep their columns even where a batch lacks a key.
+        keys = self._json_keys
         for record in records:
             keys.update(dict.fromkeys(record))
         arrays: dict[str, pa.Array] = {}
@@ -828,6 +848,25 @@ class LogDecoder:
             batch = batch.filter(pa.array(~bad))
 
         return batch, log_path
+
+    def _decide_json_path(self, run: bytes) -> None:
+        """Take the log path from the file's first record, once per file.
+
+        Deciding it from the first record (not per batch) keeps where the
+        batches happen to start, or where a resume starts, from changing
+        the schema.
+        """
+        for line in run.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            path = record.get("_path") if isinstance(record, dict) else None
+            self._json_path = self.log_path or (path if isinstance(path, str) else None)
+            self._json_path_known = True
+            return
 
     def _json_type(self, key: str, values: list[Any]) -> str:
         """Zeek field type for a key no known schema names; fixed per file."""
