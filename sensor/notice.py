@@ -268,6 +268,7 @@ class NoticeWriter:
             if not self.path.exists():
                 self._generation = self._last_archived() + 1
                 self._create_current()
+                self._finish_old_rotation()
             else:
                 self._attach()
         except OSError as exc:
@@ -357,9 +358,7 @@ class NoticeWriter:
     def _finish_pending_rotate(self) -> None:
         if self._pending_rotate is None:
             return
-        fd = os.open(
-            self.archived_path(self._pending_rotate), os.O_WRONLY | os.O_APPEND
-        )
+        fd = os.open(self.archived_path(self._pending_rotate), os.O_RDWR | os.O_APPEND)
         try:
             self._write_rotate_record(fd, self._pending_rotate)
         finally:
@@ -389,7 +388,7 @@ class NoticeWriter:
         if any(r["kind"] == "rotate" for r in _tail_records(previous)):
             self._previous_ids = _notice_ids(previous)
             return
-        fd = os.open(previous, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(previous, os.O_RDWR | os.O_APPEND)
         try:
             self._write_rotate_record(fd, self._generation - 1)
         finally:

@@ -6,21 +6,24 @@
 ##! only (or on a standalone Zeek), and calls NOTICE for each line.
 ##!
 ##! The reader keeps its file open, so the daemon and this script rotate the
-##! file together: the daemon archives the file and appends a ``rotate``
-##! control record to it, and on that record this script reopens
-##! :zeek:see:`BFlow::notice_log` by name.
+##! file together. Every file is a numbered generation that starts with an
+##! ``open`` control record (id ``open-<generation>-<time>``). The daemon
+##! archives a full file as ``bflow_notice.<generation>.log`` and appends a
+##! ``rotate`` record to it; on that record this script goes on with the next
+##! generation: its archived file if that exists already, else
+##! :zeek:see:`BFlow::notice_log` by name (and back to the archived file if
+##! the ``open`` record shows that the name has moved on further).
 ##!
-##! The reader also reads the whole file again whenever Zeek starts. Every
-##! file starts with an ``open`` control record naming it; after each line
-##! this script stores the file's name and the number of lines it has handled
-##! in :zeek:see:`BFlow::state_file`, and after a restart it skips that many
-##! lines of the same file. Within one run, the notice id is the notice
+##! The reader also reads the whole file again whenever Zeek starts. After
+##! each line this script stores the file's ``open`` id and the number of
+##! lines handled in :zeek:see:`BFlow::state_file`; after a restart it starts
+##! at that file (archived or not), skips that many lines and follows the
+##! generations from there. Within one run the notice id is the notice
 ##! identifier, so a line seen twice is suppressed for
 ##! :zeek:see:`BFlow::suppress_for`.
 ##!
-##! Known limit: notices the daemon wrote while Zeek was down into a file it
-##! then rotated away are not read (Zeek starts on the current file); a
-##! rotation happens only every few hundred thousand notices.
+##! Known limit: generations the daemon deleted (it keeps ``keep_files``)
+##! before Zeek read them are lost; a reporter warning says so.
 
 @load base/frameworks/cluster
 @load base/frameworks/input
@@ -101,8 +104,29 @@ global resume_lines = 0;
 global current_file_id = "";
 global current_lines = 0;
 global skip_lines = 0;
+global expected_generation = 0;
 global stream_number = 0;
 global started = F;
+
+## The generation number in a control record id (``open-3-<time>``).
+function generation_of(control_id: string): count
+	{
+	local parts = split_string(control_id, /-/);
+	if ( |parts| < 2 || ! is_num(parts[1]) )
+		return 0;
+
+	return to_count(parts[1]);
+	}
+
+## Where the daemon archives the file of a generation.
+function archived_path(generation: count): string
+	{
+	local number = fmt("%d", generation);
+	while ( |number| < 6 )
+		number = "0" + number;
+
+	return fmt("%s.%s.log", sub(notice_log, /\.log$/, ""), number);
+	}
 
 function save_state()
 	{
@@ -118,14 +142,14 @@ function save_state()
 		Reporter::warning(fmt("bflow: cannot replace %s with %s", state_file, tmp));
 	}
 
-function start_notice_input()
+function start_notice_input(path: string)
 	{
 	started = T;
 	++stream_number;
 	current_file_id = "";
 	current_lines = 0;
 	skip_lines = 0;
-	Input::add_event([$source=notice_log, $reader=Input::READER_ASCII,
+	Input::add_event([$source=path, $reader=Input::READER_ASCII,
 	    $mode=Input::STREAM, $name=fmt("bflow_notice_%d", stream_number),
 	    $fields=NoticeLine, $want_record=T, $ev=notice_line]);
 	}
@@ -137,7 +161,7 @@ event start_fallback()
 
 	Reporter::warning(fmt("bflow: %s could not be read; reading %s from its start",
 	    state_file, notice_log));
-	start_notice_input();
+	start_notice_input(notice_log);
 	}
 
 event zeek_init()
@@ -147,7 +171,7 @@ event zeek_init()
 
 	if ( state_file == "" || file_size(state_file) < 0.0 )
 		{
-		start_notice_input();
+		start_notice_input(notice_log);
 		return;
 		}
 
@@ -169,7 +193,12 @@ event Input::end_of_data(name: string, source: string)
 		return;
 
 	Input::remove(state_stream);
-	start_notice_input();
+	expected_generation = generation_of(resume_file_id);
+	local resume_path = archived_path(expected_generation);
+	if ( expected_generation > 0 && file_size(resume_path) >= 0.0 )
+		start_notice_input(resume_path);
+	else
+		start_notice_input(notice_log);
 	}
 
 function raise_notice(r: NoticeLine)
@@ -194,10 +223,10 @@ function raise_notice(r: NoticeLine)
 	msg += fmt("from %s port %s to %s port %s at %.4f, ", id$orig_h, id$orig_p,
 	    id$resp_h, id$resp_p, r$score);
 	msg += fmt("at or above its threshold of %.4f.", r$threshold);
-	local sub = fmt("score=%.6f threshold=%.6f model=%s", r$score, r$threshold,
+	local detail = fmt("score=%.6f threshold=%.6f model=%s", r$score, r$threshold,
 	    r$model_version);
 
-	NOTICE([$note=note, $uid=r$uid, $id=id, $msg=msg, $sub=sub,
+	NOTICE([$note=note, $uid=r$uid, $id=id, $msg=msg, $sub=detail,
 	    $identifier=r$notice_id, $suppress_for=suppress_for,
 	    $bflow_score=r$score]);
 	}
@@ -209,13 +238,33 @@ event notice_line(desc: Input::EventDescription, tpe: Input::Event,
 
 	if ( r$kind == "rotate" )
 		{
+		expected_generation = generation_of(r$notice_id) + 1;
+		local following = archived_path(expected_generation);
 		Input::remove(desc$name);
-		start_notice_input();
+		start_notice_input(file_size(following) >= 0.0 ? following : notice_log);
 		return;
 		}
 
 	if ( r$kind == "open" )
 		{
+		local generation = generation_of(r$notice_id);
+		if ( expected_generation > 0 && generation > expected_generation )
+			{
+			# The name moved on before we opened it: the generation we
+			# need was archived meanwhile.
+			local wanted = archived_path(expected_generation);
+			if ( file_size(wanted) >= 0.0 )
+				{
+				Input::remove(desc$name);
+				start_notice_input(wanted);
+				return;
+				}
+
+			Reporter::warning(fmt("bflow: notice log generation %d was deleted before Zeek read it",
+			    expected_generation));
+			}
+
+		expected_generation = generation;
 		current_file_id = r$notice_id;
 		skip_lines = current_file_id == resume_file_id ? resume_lines : 0;
 		}
