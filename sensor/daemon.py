@@ -116,7 +116,7 @@ class Daemon:
             threshold = getattr(self.config, f"{kind}_threshold")
             scorer = load_scorer(kind, path, threshold=threshold)
             log.info(
-                "model.loaded",
+                "model.active",
                 kind=kind,
                 path=str(path),
                 model_version=scorer.model_version,

@@ -11,7 +11,11 @@ arrive in pieces), and a rotation (`#close`, rename to
 `conn.<time>.log`, fresh `conn.log` with a new header) midway.
 """
 
+import json
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -262,9 +266,139 @@ def notice_records(path: Path) -> list[dict[str, object]]:
 
 def iter_ledger(path: Path) -> Iterator[str]:
     """Every record key the daemon's debug ledger holds, one per commit."""
-    import json
-
     if not path.exists():
         return
     for line in path.read_text().splitlines():
         yield from json.loads(line)["keys"]
+
+
+class DaemonProcess:
+    """`bflow run` as a child process, with a notify socket to see READY.
+
+    Its JSON events go to `events.jsonl` in `work`; `events()` parses them.
+    """
+
+    def __init__(self, work: Path, models: TinyModels, *args: str) -> None:
+        self.work = work
+        for name in ("logs", "state", "notices"):
+            (work / name).mkdir(exist_ok=True)
+        self.notice_log = work / "notices" / "bflow_notice.log"
+        self.ledger = work / "ledger.jsonl"
+        self.events_path = work / "events.jsonl"
+        self.args = [
+            f"--log-dir={work / 'logs'}",
+            f"--state-dir={work / 'state'}",
+            f"--notice-dir={work / 'notices'}",
+            f"--flow-model={models.flow}",
+            f"--packet-model={models.packet}",
+            f"--ledger={self.ledger}",
+            "--poll-interval=0.1",
+            "--finish-grace=0.5",
+            "--batch-size=64",
+            *args,
+        ]
+        sock_path = work / "notify.sock"
+        sock_path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(sock_path))
+        self.env = {
+            **os.environ,
+            "NOTIFY_SOCKET": str(sock_path),
+            "OMP_NUM_THREADS": "1",
+            "BFLOW_SHARED": str(REPO.parent / "shared"),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "DaemonProcess":
+        """Start the daemon (events appended to the events file)."""
+        with open(self.events_path, "ab") as events:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sensor", "run", *self.args],
+                stdout=events,
+                stderr=events,
+                env=self.env,
+                cwd=REPO,
+            )
+
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Block until the daemon sent READY=1 (it has started tailing)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited {self.proc.returncode}")
+            self.sock.settimeout(0.2)
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            if "READY=1" in message.splitlines():
+                return
+        raise AssertionError("daemon did not become ready")
+
+    def wait(self, timeout: float = 60) -> int:
+        """Wait for the daemon to exit by itself; its exit status."""
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """kill -9."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def close(self) -> None:
+        """Kill the child if still running; close the socket."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill()
+        self.sock.close()
+
+    def events(self) -> list[dict[str, object]]:
+        """The daemon's structured events so far (non-JSON lines skipped)."""
+        out = []
+        for line in self.events_path.read_text().splitlines():
+            if line.startswith("{"):
+                out.append(json.loads(line))
+
+        return out
+
+
+def expected_notice_ids(models: TinyModels, copies: int = 1) -> set[str]:
+    """The notice ids one uninterrupted pass over the sample logs raises."""
+    from sensor.pipeline import Pipeline, load_scorer
+    from sensor.reader import read_log
+
+    pipeline = Pipeline(
+        [load_scorer("flow", models.flow), load_scorer("packet", models.packet)]
+    )
+    ids = set()
+    for log_name, file_name in LOGS.items():
+        for copy in range(copies):
+            for s in SAMPLE_SETS:
+                for batch in read_log(SAMPLES / s / file_name):
+                    records = batch.records
+                    if copy:
+                        index = records.schema.get_field_index("uid")
+                        uids = [
+                            f"{u}x{copy}" for u in records.column(index).to_pylist()
+                        ]
+                        records = records.set_column(
+                            index, "uid", pa.array(uids, pa.string())
+                        )
+                    result = pipeline.process(records, log_name)
+                    ids.update(n.notice_id for n in result.notices)
+
+    return ids
+
+
+def written_notices(path: Path) -> list[dict[str, object]]:
+    """Notice records (control records left out) as the notice module reads."""
+    from sensor.contract import NOTICE_KINDS
+    from sensor.notice import read_notices
+
+    if not path.exists():
+        return []
+
+    return [r for r in read_notices(path) if r["kind"] in NOTICE_KINDS]

@@ -1,0 +1,303 @@
+"""`bflow run` as a process: end to end, signals, reloads, bad models, full disk."""
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.test_daemon_support import (
+    DaemonProcess,
+    LogFeeder,
+    TinyModels,
+    expected_notice_ids,
+    iter_ledger,
+    tiny_models_fixture,  # noqa: F401
+    written_notices,
+)
+
+
+def _all_keys(feeder: LogFeeder) -> list[str]:
+    from sensor.pipeline import record_keys
+    from sensor.reader import read_log
+
+    keys = []
+    for log_name in ("conn", "bflow_packet"):
+        for path in sorted(feeder.directory.glob(f"{log_name}*.log")):
+            for batch in read_log(path):
+                keys.extend(record_keys(batch.records, log_name))
+
+    return keys
+
+
+def _wait_for(predicate: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_end_to_end_exactly_once_across_a_rotation(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    """Logs written progressively and rotated midway give each notice once."""
+    from zat.log_to_dataframe import LogToDataFrame
+
+    from sensor.reader import read_log
+
+    daemon = DaemonProcess(tmp_path, tiny_models, "--stop-when-idle=3")
+    feeder = LogFeeder(tmp_path / "logs", chunks=6, pause=0.1)
+    try:
+        daemon.start().wait_ready()
+        feeder.start().join()
+        assert daemon.wait(60) == 0
+    finally:
+        daemon.close()
+
+    # The rotation happened: the first half lives under its rotated name.
+    assert (tmp_path / "logs" / "conn.2026-12-04-10-00-00.log").exists()
+    assert (tmp_path / "logs" / "bflow_packet.2026-12-04-10-00-00.log").exists()
+
+    expected = expected_notice_ids(tiny_models)
+    ours = [
+        r
+        for b in read_log(daemon.notice_log)
+        for r in b.records.to_pylist()
+        if r["kind"] in (b"flow", b"packet")
+    ]
+    ids = [r["notice_id"].decode() for r in ours]
+    assert len(ids) == len(set(ids)), "a notice was written twice"
+    assert set(ids) == expected and expected
+
+    # zat reads the same notices (its frame reader cannot parse Zeek's
+    # `N/proto` port values, so the port columns are left out).
+    frame = LogToDataFrame().create_dataframe(
+        str(daemon.notice_log), usecols=["notice_id", "uid", "kind", "score"]
+    )
+    zat_ids = frame[frame.kind.isin(["flow", "packet"])].notice_id.tolist()
+    assert sorted(zat_ids) == sorted(ids)
+
+    # Every record was committed exactly once.
+    counts = collections.Counter(iter_ledger(daemon.ledger))
+    assert sorted(counts) == sorted(_all_keys(feeder))
+    assert set(counts.values()) == {1}
+
+    summary = [e for e in daemon.events() if e["event"] == "daemon.stopped"]
+    assert summary[-1]["reason"] == "idle"
+    assert summary[-1]["dropped"] == 0
+
+
+def test_sigterm_drains_and_a_restart_resumes(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    """SIGTERM mid-stream exits 0 after committing; a restart finishes the job."""
+    feeder = LogFeeder(tmp_path / "logs", chunks=10, pause=0.3)
+    first = DaemonProcess(tmp_path, tiny_models)
+    try:
+        first.start().wait_ready()
+        feeder.start()
+        _wait_for(lambda: first.ledger.exists() and first.ledger.stat().st_size > 0)
+        assert first.proc is not None
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+    finally:
+        first.close()
+    stopped = [e for e in first.events() if e["event"] == "daemon.stopped"]
+    assert stopped and stopped[-1]["reason"] == "SIGTERM"
+    assert not feeder.done.is_set(), "the feeder ended before the signal"
+
+    second = DaemonProcess(tmp_path, tiny_models, "--stop-when-idle=3")
+    try:
+        second.start().wait_ready()
+        feeder.join()
+        assert second.wait(60) == 0
+    finally:
+        second.close()
+
+    ids = [r["notice_id"] for r in written_notices(second.notice_log)]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == expected_notice_ids(tiny_models)
+    counts = collections.Counter(iter_ledger(second.ledger))
+    assert sorted(counts) == sorted(_all_keys(feeder))
+
+
+def _replace(src: Path, dst: Path) -> None:
+    """Deploy a model file the documented way: temporary name, then rename."""
+    tmp = dst.with_name(dst.name + ".new")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def test_hot_reload_refuses_a_bad_model_and_takes_a_good_one(
+    tmp_path: Path, tiny_models: TinyModels, cases_dir: Path
+) -> None:
+    """A broken replacement is refused (old model scores on); a good one is used."""
+    models = tmp_path / "models"
+    models.mkdir()
+    flow, packet = models / "flow.pt", models / "packet.pt"
+    shutil.copyfile(tiny_models.flow, flow)
+    shutil.copyfile(tiny_models.packet, packet)
+    daemon = DaemonProcess(
+        tmp_path,
+        TinyModels(flow=flow, packet=packet),
+        "--model-check-interval=0.2",
+    )
+    try:
+        daemon.start().wait_ready()
+
+        # A truncated file renamed over the flow model: refused on its own.
+        _replace(cases_dir / "20-torchscript-model-file" / "model_truncated.pt", flow)
+        _wait_for(lambda: _has(daemon, "model.reload_refused"))
+
+        # SIGHUP with an LFS pointer as the packet model: refused too.
+        _replace(
+            cases_dir / "20-torchscript-model-file" / "model_lfs_pointer.pt", packet
+        )
+        assert daemon.proc is not None
+        daemon.proc.send_signal(signal.SIGHUP)
+        _wait_for(lambda: _count(daemon, "model.reload_refused") >= 2)
+
+        # The old models still score: notices arrive for the fed logs.
+        LogFeeder(tmp_path / "logs", chunks=2, pause=0.05).start().join()
+        _wait_for(lambda: len(written_notices(daemon.notice_log)) > 0)
+
+        # A good file (the packet model under the flow name is the wrong
+        # kind, so use the real flow model) is swapped in.
+        _replace(tiny_models.flow, flow)
+        _wait_for(lambda: _has(daemon, "model.reloaded"))
+    finally:
+        daemon.close()
+
+    refused = [e for e in daemon.events() if e["event"] == "model.reload_refused"]
+    assert any(str(flow) in str(e["path"]) for e in refused)
+    assert all(e["keeps"] for e in refused)
+    assert {e["kind"] for e in refused} == {"flow", "packet"}
+
+
+def _count(daemon: DaemonProcess, event: str) -> int:
+    return sum(1 for e in daemon.events() if e["event"] == event)
+
+
+def _has(daemon: DaemonProcess, event: str) -> bool:
+    return _count(daemon, event) > 0
+
+
+@pytest.mark.parametrize("name", ["model_truncated.pt", "model_empty.pt"])
+def test_bad_model_at_startup_exits_before_tailing(
+    tmp_path: Path, tiny_models: TinyModels, cases_dir: Path, name: str
+) -> None:
+    """An unloadable model stops `bflow run` with an error and no read state."""
+    bad = cases_dir / "20-torchscript-model-file" / name
+    (tmp_path / "logs").mkdir()
+    shutil.copyfile(
+        Path(__file__).parent.parent / "sensor/samples/benign-wikipedia/conn.log",
+        tmp_path / "logs" / "conn.log",
+    )
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sensor",
+            "run",
+            f"--log-dir={tmp_path / 'logs'}",
+            f"--state-dir={tmp_path / 'state'}",
+            f"--notice-dir={tmp_path / 'notices'}",
+            f"--flow-model={bad}",
+            f"--packet-model={tiny_models.packet}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert proc.returncode == 2
+    assert f"error: model file {bad}" in proc.stderr or str(bad) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "state" / "tail-state.json").exists()
+    assert not (tmp_path / "notices" / "bflow_notice.log").exists()
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 64 KiB tmpfs (needs root and mount rights; skipped otherwise)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a tiny tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        capture_output=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _offsets(state: Path) -> list[int]:
+    """Every committed offset in the tailer's state file (none if absent)."""
+    if not state.exists():
+        return []
+    found: list[int] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "offset" and isinstance(value, int):
+                    found.append(value)
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(state.read_text()))
+
+    return found
+
+
+def test_full_notice_disk_advances_no_offset_then_recovers(
+    tmp_path: Path, tiny_models: TinyModels, tiny_disk: Path
+) -> None:
+    """A full notice disk commits nothing; once freed, every notice lands once."""
+    notices = tiny_disk / "notices"
+    notices.mkdir()
+    # Leave room for the header and a few notices only.
+    filler = tiny_disk / "filler"
+    filler.write_bytes(b"\0" * (60 * 1024))
+    daemon = DaemonProcess(tmp_path, tiny_models, f"--notice-dir={notices}")
+    feeder = LogFeeder(tmp_path / "logs", chunks=2, pause=0.05)
+    state = tmp_path / "state" / "tail-state.json"
+    try:
+        daemon.start().wait_ready()
+        feeder.start().join()
+        _wait_for(lambda: _has(daemon, "notices.write_failed"))
+        time.sleep(1.0)
+
+        assert not any(_offsets(state)), "an offset moved while notices failed"
+        assert not daemon.ledger.exists() or daemon.ledger.stat().st_size == 0
+        failed = [e for e in daemon.events() if e["event"] == "notices.write_failed"]
+        assert "No space left" in str(failed[0]["error"])
+        assert "no read position is advanced" in str(failed[0]["todo"])
+
+        filler.unlink()
+        every = set(_all_keys(feeder))
+        _wait_for(lambda: set(iter_ledger(daemon.ledger)) == every, timeout=60)
+    finally:
+        daemon.close()
+
+    assert _has(daemon, "notices.write_recovered")
+    assert any(_offsets(state))
+    ids = [r["notice_id"] for r in written_notices(notices / "bflow_notice.log")]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == expected_notice_ids(tiny_models)
