@@ -1,0 +1,54 @@
+"""The zkg package: every script parses and is in zeek-format's layout."""
+
+import configparser
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zeekscript
+
+PACKAGE = Path(__file__).resolve().parent.parent / "zeek_scripts"
+SCRIPTS = sorted(PACKAGE.rglob("*.zeek"))
+ZEEK_FORMAT = Path(sys.executable).with_name("zeek-format")
+
+
+def test_package_has_scripts() -> None:
+    """The package ships its scripts, btest tests and a trace to test on."""
+    names = {p.relative_to(PACKAGE).as_posix() for p in SCRIPTS}
+
+    assert {"scripts/__load__.zeek", "scripts/main.zeek"} <= names
+    assert (PACKAGE / "scripts" / "notices.zeek").exists()
+    assert (PACKAGE / "tests" / "btest.cfg").exists()
+    assert list((PACKAGE / "tests" / "Traces").glob("*.pcap"))
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_script_parses(path: Path) -> None:
+    """zeekscript parses the script with no error node."""
+    script = zeekscript.Script(path)
+
+    assert script.parse()
+    assert not script.has_error(), script.get_error()
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_script_is_formatted(path: Path) -> None:
+    """zeek-format leaves the script unchanged."""
+    result = subprocess.run(
+        [str(ZEEK_FORMAT), str(path)], capture_output=True, timeout=60, check=True
+    )
+
+    assert result.stdout == path.read_bytes()
+
+
+def test_zkg_meta() -> None:
+    """zkg.meta names the script dir, the test command and the Zeek version."""
+    meta = configparser.ConfigParser()
+    meta.read(PACKAGE / "zkg.meta")
+    package = meta["package"]
+
+    assert (PACKAGE / package["script_dir"] / "__load__.zeek").exists()
+    assert "btest" in package["test_command"]
+    assert "zeek >=" in package["depends"]
+    assert package["description"].strip() and package["tags"].strip()
