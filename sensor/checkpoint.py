@@ -77,12 +77,14 @@ class CheckpointStore:
         self.path = Path(state_file)
         self.keep_done_s = keep_done_s
         self.files: dict[str, FileState] = {}
+        # Wall-clock time of the last save, None before the first one.
+        self.saved_at: float | None = None
         self._lock_fd: int | None = None
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
-            self.files = self._load()
+            self.files, self.saved_at = self._load()
         except BaseException:
             self.close()
             raise
@@ -100,12 +102,12 @@ class CheckpointStore:
             ) from None
         self._lock_fd = fd
 
-    def _load(self) -> dict[str, FileState]:
+    def _load(self) -> tuple[dict[str, FileState], float | None]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             log.info("checkpoint.new", state_file=str(self.path))
-            return {}
+            return {}, None
         except OSError as exc:
             raise CheckpointError(
                 f"cannot read state file {self.path}: {exc.strerror}; "
@@ -115,6 +117,7 @@ class CheckpointStore:
         try:
             doc = json.loads(raw)
             files = _parse_state(doc)
+            saved_at = float(doc["saved_at"])
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(
                 f"state file {self.path} is corrupt ({exc}); it is written "
@@ -124,7 +127,7 @@ class CheckpointStore:
             ) from exc
 
         log.info("checkpoint.loaded", state_file=str(self.path), files=len(files))
-        return files
+        return files, saved_at
 
     def get(self, key: str) -> FileState | None:
         """The state of the file with this key, or None if never committed."""
@@ -138,9 +141,11 @@ class CheckpointStore:
     def save(self) -> None:
         """Write the whole state atomically and durably."""
         self._prune()
+        self.saved_at = time.time()
         doc = {
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
+            "saved_at": self.saved_at,
             "files": {key: asdict(st) for key, st in sorted(self.files.items())},
         }
         data = json.dumps(doc, indent=1).encode()

@@ -20,11 +20,13 @@ How files are followed:
   (see `sensor.checkpoint`), not by its inode, so a reused inode is a new
   file, and the later `.gz` copy of a file already read is skipped.
 - A live file seen for the first time is read from its first byte.
-- Unknown rotated or archived files found at start-up are only read with
-  `read_archive=True` (oldest first); a rotated file that appears in the
-  watched directory while the tail runs is read, since it can only hold new
-  records. Archive files are read once their size has not changed for
-  `finish_grace` seconds.
+- A rotated or archived file whose key was never committed is read when
+  `read_archive=True` (oldest first), when it appears in the watched
+  directory while the tail runs, or when it was written to after the last
+  commit of the previous run (rotated while the daemon was down). Other
+  such files are history and are left alone; note that a history file that
+  zeekctl archives while the tail runs looks new and is read. Archive files
+  are read once their size has not changed for `finish_grace` seconds.
 - Gzip is recognised by its magic bytes and decompressed as a stream, so a
   live log that Zeek compresses while writing is followed like any other.
 - Filesystem events (watchdog) only wake the loop early. A `stat` rescan every
@@ -239,10 +241,12 @@ class LogTailer:
         self.archive_dirs = tuple(Path(p) for p in archive_dirs)
 
         self._store = CheckpointStore(Path(state_file))
+        self._resume_after = self._store.saved_at
         self._files: list[_File] = []
         self._live: dict[str, _File] = {}
         self._keys_seen: set[str] = set()
         self._finished_keys: dict[str, int] = {}
+        self._done_unsaved = False
         self._key_where: dict[str, tuple[str, int, int]] = {}
         self._passed: dict[tuple[int, int], tuple[int, int]] = {}
         self._bad: set[tuple[int, int]] = set()
@@ -302,13 +306,20 @@ class LogTailer:
         for key, offset in furthest.items():
             path, dev, ino = self._key_where.get(key, ("", 0, 0))
             self._store.update(key, FileState(offset, path=path, dev=dev, ino=ino))
+        self._mark_done()
+        self._store.save()
+        self._done_unsaved = False
+
+    def _mark_done(self) -> None:
+        """Finished files whose last batch is committed will not be opened."""
         for key, end in list(self._finished_keys.items()):
             state = self._store.get(key)
-            if state is not None and state.offset >= end and not state.done:
-                state.done = True
-                self._store.update(key, state)
+            if state is not None and state.offset >= end:
+                if not state.done:
+                    state.done = True
+                    self._store.update(key, state)
+                    self._done_unsaved = True
                 del self._finished_keys[key]
-        self._store.save()
 
     def lag(self) -> Lag:
         """Unread bytes of the open files and the age of the oldest."""
@@ -333,6 +344,8 @@ class LogTailer:
         open_files = len(self._files)
         for f in list(self._files):
             self._close_file(f)
+        if self._done_unsaved:
+            self._store.save()
         self._store.close()
         log.info("tail.closed", records=self.stats.records, open_files=open_files)
 
@@ -603,10 +616,12 @@ class LogTailer:
                 return
             del self._settling[path]
 
-        # An unknown rotated file from before start-up is history; one that
-        # shows up later can only hold records written while we ran.
-        read_unknown = self.read_archive or (
-            not archive and ident not in self._startup_files
+        # An unknown rotated file is history unless it appeared while we
+        # ran, or was written to after the last commit of an earlier run.
+        read_unknown = (
+            self.read_archive
+            or (not archive and ident not in self._startup_files)
+            or (self._resume_after is not None and st.st_mtime > self._resume_after)
         )
         opened = self._open(path, log_name, live=False, read_unknown=read_unknown)
         if opened is not None:
@@ -775,6 +790,7 @@ class LogTailer:
             batch_size=self.batch_size,
             log_path=f.log_name,
             skip_until=f.skip_until,
+            after_close=True,
         )
         log.info(
             "file.reading",
@@ -832,6 +848,7 @@ class LogTailer:
             assert f.key is not None
             end = max([f.emitted_end] + [b.end_offset for b in batches])
             self._finished_keys[f.key] = end
+            self._mark_done()
 
         self.stats.files_finished += 1
         log.info("file.finished", path=f.path, offset=f.raw_pos, file_key=f.key)
