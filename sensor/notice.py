@@ -16,16 +16,16 @@ a whole line. So the writer:
 - skips notices whose `notice_id` is already in the file (or the archived
   file before it), so records scored again after a crash raise nothing
   twice;
-- rotates with the Zeek script taking part: past `max_bytes` the current
-  file is archived under `bflow_notice.<generation>.log` (a hard link, then
-  an atomic rename of the new file over the name) and a `rotate` control
-  record is appended to the archived file. The script, reading the old
-  file through its open descriptor, sees that record and reopens the log
-  by name. Archived files beyond `keep_files` are deleted; that is safe at
-  any time after the `rotate` record is durable, because a reader that
-  still has the file open keeps reading it until it reaches that record
-  (the space is freed when Zeek closes it). zeek_scripts/README.md has the
-  whole procedure.
+- rotates with the Zeek script taking part: every file is a numbered
+  generation that starts with an `open` control record. Past `max_bytes`
+  the current file is archived as `bflow_notice.<generation>.log` (a hard
+  link, then the next generation is renamed over the name) and a `rotate`
+  record is appended to the archived file. The script, still reading the
+  old file through its open descriptor, reaches that record and goes on
+  with the next generation. Archived files beyond `keep_files` are
+  deleted; that is safe once the `rotate` record is durable, because a
+  reader that has the file open keeps reading it to that record (the space
+  is freed when Zeek closes it). zeek_scripts/README.md has the procedure.
 
 A full disk or an I/O error raises `BFlowError`. A line cut short by it can
 never read as a notice: `kind` is the last field and no kind is a prefix of

@@ -23,6 +23,7 @@ from sensor.notice import NoticeWriter
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "zeek_scripts" / "scripts"
 MAIN = (SCRIPTS / "main.zeek").read_text()
+PACKETS = (SCRIPTS / "packets.zeek").read_text()
 NOTICES = (SCRIPTS / "notices.zeek").read_text()
 
 # Zeek's own conn_id: the four fields it logs (later Zeeks add unlogged ones).
@@ -77,7 +78,7 @@ def redef_default(source: str, name: str) -> str:
 
 def test_packet_log_record_matches_contract() -> None:
     """The script's packet log columns are the contract's, in order and type."""
-    fields = record_fields(MAIN, "PacketInfo")
+    fields = record_fields(PACKETS, "PacketInfo")
 
     assert [(n, t) for n, t, _, _ in fields] == list(PACKET_LOG_FIELDS)
     assert all(logged for *_, logged in fields)
@@ -86,14 +87,14 @@ def test_packet_log_record_matches_contract() -> None:
 
 def test_packet_log_path_matches_contract() -> None:
     """The packet log stream writes the contract's path."""
-    assert re.search(rf'\$path\s*=\s*"{PACKET_LOG_PATH}"', MAIN)
+    assert re.search(rf'\$path\s*=\s*"{PACKET_LOG_PATH}"', PACKETS)
 
 
 def test_sampling_defaults_match_contract() -> None:
     """The script's &redef sampling defaults are the contract's."""
-    assert redef_default(MAIN, "packets_per_direction") == str(PACKETS_PER_DIRECTION)
-    assert redef_default(MAIN, "snap_len") == str(SNAP_LEN)
-    assert redef_default(MAIN, "excluded_ports") == "{53}"
+    assert redef_default(PACKETS, "packets_per_direction") == str(PACKETS_PER_DIRECTION)
+    assert redef_default(PACKETS, "snap_len") == str(SNAP_LEN)
+    assert redef_default(PACKETS, "excluded_ports") == "{53}"
 
 
 def test_notice_input_record_matches_contract() -> None:

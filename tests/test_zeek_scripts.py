@@ -17,8 +17,12 @@ def test_package_has_scripts() -> None:
     """The package ships its scripts, btest tests and a trace to test on."""
     names = {p.relative_to(PACKAGE).as_posix() for p in SCRIPTS}
 
-    assert {"scripts/__load__.zeek", "scripts/main.zeek"} <= names
-    assert (PACKAGE / "scripts" / "notices.zeek").exists()
+    assert {
+        "scripts/__load__.zeek",
+        "scripts/main.zeek",
+        "scripts/packets.zeek",
+        "scripts/notices.zeek",
+    } <= names
     assert (PACKAGE / "tests" / "btest.cfg").exists()
     assert list((PACKAGE / "tests" / "Traces").glob("*.pcap"))
 

@@ -1,2 +1,3 @@
 @load ./main
+@load ./packets
 @load ./notices

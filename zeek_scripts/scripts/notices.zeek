@@ -112,7 +112,7 @@ global started = F;
 function generation_of(control_id: string): count
 	{
 	local parts = split_string(control_id, /-/);
-	if ( |parts| < 2 || ! is_num(parts[1]) )
+	if ( |parts| < 2 || parts[1] != /[0-9]+/ )
 		return 0;
 
 	return to_count(parts[1]);
