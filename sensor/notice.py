@@ -172,6 +172,7 @@ class NoticeWriter:
         self._generation = 0
         self._needs_newline = False
         self._pending_rotate: int | None = None
+        self._unsynced = False
         self._base_size = 0
         self._open()
 
@@ -240,8 +241,11 @@ class NoticeWriter:
                     self._rotate()
                 self._append(line)
                 written.append(notice.notice_id)
-            if written:
+            # Lines of an earlier call that failed before its fsync are made
+            # durable here, even when this call adds nothing new.
+            if self._unsynced:
                 self._sync(self._fd)
+                self._unsynced = False
         finally:
             self._ids.update(written)
         self.written += len(written)
@@ -416,6 +420,7 @@ class NoticeWriter:
             self._size = os.fstat(self._fd).st_size
             raise _disk_error(self.path, exc) from exc
         self._needs_newline = False
+        self._unsynced = True
         self._size += len(line)
 
     def _control_line(self, kind: str, now: int, notice_id: str, msg: str) -> bytes:

@@ -196,3 +196,25 @@ def test_unwritable_directory_is_a_clear_error(tmp_path: Path) -> None:
 
     with pytest.raises(BFlowError, match="file"):
         NoticeWriter(blocker / "bflow_notice.log")
+
+
+def test_retry_after_failure_still_syncs(tmp_path: Path, monkeypatch) -> None:
+    """Lines written before a failed fsync are fsynced by the next call."""
+    path = tmp_path / "bflow_notice.log"
+    writer = NoticeWriter(path)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def failing_once(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 1:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    with pytest.raises(BFlowError, match="Input/output error"):
+        writer.write_many([make_notice(1), make_notice(2)])
+
+    assert writer.write_many([make_notice(1), make_notice(2)]) == 0
+    assert len(synced) == 2
+    writer.close()
