@@ -218,3 +218,22 @@ def test_retry_after_failure_still_syncs(tmp_path: Path, monkeypatch) -> None:
     assert writer.write_many([make_notice(1), make_notice(2)]) == 0
     assert len(synced) == 2
     writer.close()
+
+
+def test_each_line_is_one_write(tmp_path: Path, monkeypatch) -> None:
+    """Every notice reaches the file in one os.write of one whole line."""
+    writer = NoticeWriter(tmp_path / "bflow_notice.log")
+    chunks: list[bytes] = []
+    real_write = os.write
+
+    def recording(fd: int, data: bytes) -> int:
+        chunks.append(bytes(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", recording)
+    writer.write_many([make_notice(i, msg="x\n" * 500) for i in range(5)])
+    writer.close()
+
+    assert len(chunks) == 5
+    assert all(c.endswith(b"\n") and c.count(b"\n") == 1 for c in chunks)
+    assert all(len(c) < 4096 for c in chunks)

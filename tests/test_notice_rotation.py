@@ -134,7 +134,8 @@ class ScriptModel:
                 self._notice(str(r["notice_id"]))
             else:
                 self.warnings.append(str(r["kind"]))
-            self._save()
+            if self.lines > self.skip:
+                self._save()
         return None
 
     def _notice(self, identifier: str) -> None:
@@ -330,3 +331,20 @@ def test_lagging_zeek_reports_deleted_files(tmp_path: Path) -> None:
     assert zeek.raised[-1] == make_notice(59).notice_id
     writer.close()
     zeek.stop()
+
+
+def test_two_restarts_in_a_row_raise_nothing(tmp_path: Path) -> None:
+    """A restart that only re-reads old lines keeps the saved position."""
+    path = tmp_path / "bflow_notice.log"
+    state = tmp_path / "zeek.state"
+    with NoticeWriter(path) as writer:
+        writer.write_many([make_notice(i) for i in range(100)])
+    runs = []
+
+    for _ in range(3):
+        zeek = ScriptModel(path, state)
+        zeek.poll()
+        zeek.stop()
+        runs.append(len(zeek.raised))
+
+    assert runs == [100, 0, 0]

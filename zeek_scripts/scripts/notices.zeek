@@ -277,5 +277,7 @@ event notice_line(desc: Input::EventDescription, tpe: Input::Event,
 		Reporter::warning(fmt("bflow: ignored notice log line %s with kind '%s'",
 		    r$notice_id, r$kind));
 
-	save_state();
+	# Saving inside the skipped lines would lose the resume position.
+	if ( current_lines > skip_lines )
+		save_state();
 	}
