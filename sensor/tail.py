@@ -110,7 +110,8 @@ class Lag:
     Attributes:
         bytes: bytes written to open files and not read yet (compressed
             bytes for gzip files).
-        seconds: age of the oldest unread data, 0 when all is read.
+        seconds: how old the oldest unread data can be at most (time since
+            that file was last read to its end); 0 when all is read.
     """
 
     bytes: int
@@ -166,7 +167,9 @@ class _File:
     fed: int = 0
     fed_to_newline: int = 0
     last_data: float = field(default_factory=time.monotonic)
-    unread_since: float | None = None
+    # When all that the file held was last read (its open time at first).
+    caught_up_at: float = field(default_factory=time.monotonic)
+    behind: bool = False
     closed: bool = False
 
 
@@ -322,17 +325,21 @@ class LogTailer:
                 del self._finished_keys[key]
 
     def lag(self) -> Lag:
-        """Unread bytes of the open files and the age of the oldest."""
+        """Unread bytes of the open files and how old the oldest can be.
+
+        The age is an upper bound: the time since the tail last had read
+        everything of a file that now holds unread bytes.
+        """
         now = time.monotonic()
         behind, oldest = 0, 0.0
         for f in self._files:
             try:
-                size = os.fstat(f.fd).st_size
+                unread = os.fstat(f.fd).st_size - f.raw_pos
             except OSError:
                 continue
-            behind += max(0, size - f.raw_pos)
-            if f.unread_since is not None:
-                oldest = max(oldest, now - f.unread_since)
+            if unread > 0:
+                behind += unread
+                oldest = max(oldest, now - f.caught_up_at)
 
         return Lag(bytes=behind, seconds=oldest)
 
@@ -470,6 +477,9 @@ class LogTailer:
         candidates.sort()
         for _, path, log_name, is_archive in candidates:
             self._check_rotated(path, log_name, archive=is_archive)
+        listed = {path for _, path, _, _ in candidates}
+        for path in [p for p in self._settling if p not in listed]:
+            del self._settling[path]
 
         self._first_scan = False
 
@@ -498,6 +508,9 @@ class LogTailer:
             days = sorted(d for d in os.listdir(archive) if _DATE_DIR.fullmatch(d))
         except OSError:
             return []
+        if not self._first_scan:
+            # Only the newest folders gain files; the rest were seen once.
+            days = days[-2:]
         out = []
         for day in days:
             folder = os.path.join(archive, day)
@@ -695,11 +708,9 @@ class LogTailer:
         if f.decoder is not None and not f.closed:
             batches += f.decoder.flush()
         if not f.closed:
-            size = os.fstat(f.fd).st_size
-            if size <= f.raw_pos:
-                f.unread_since = None
-            elif f.unread_since is None:
-                f.unread_since = time.monotonic()
+            f.behind = os.fstat(f.fd).st_size > f.raw_pos
+            if not f.behind:
+                f.caught_up_at = time.monotonic()
 
         return batches, used
 
@@ -818,7 +829,7 @@ class LogTailer:
         out: list[TailBatch] = []
         now = time.monotonic()
         for f in list(self._files):
-            if f.live or f.closed or f.unread_since is not None:
+            if f.live or f.closed or f.behind:
                 continue
             if f.archive or now - f.last_data >= self.finish_grace:
                 try:

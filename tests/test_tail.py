@@ -8,6 +8,7 @@ and checks which records come out, and how often.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import time
@@ -541,3 +542,106 @@ def test_state_file_used_by_one_tailer_only(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     with tailer(tmp_path, state), pytest.raises(CheckpointError, match="in use"):
         tailer(tmp_path, state)
+
+
+def test_packet_and_conn_logs_followed_together(tmp_path: Path) -> None:
+    """Both logs are followed, each batch named by its #path, none repeated."""
+    sample = Path(__file__).resolve().parent.parent / "sensor" / "samples"
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    sources = {
+        name: (sample / "benign-wikipedia" / f"{name}.log").read_bytes()
+        for name in ("conn", "bflow_packet")
+    }
+    expected = {
+        name: sum(1 for line in data.splitlines() if not line.startswith(b"#"))
+        for name, data in sources.items()
+    }
+
+    with tailer(
+        folder, tmp_path / "state.json", log_paths=("conn", "bflow_packet")
+    ) as t:
+        f = Follower(t)
+        # Written in uneven pieces, as Zeek's buffered writer does.
+        for start in range(0, max(len(d) for d in sources.values()), 7000):
+            for name, data in sources.items():
+                append(folder / f"{name}.log", data[start : start + 7000])
+            f.poll_for(0.05)
+        f.until(lambda: sum(f.uids.values()) == sum(expected.values()))
+        f.poll_for(0.3)
+
+    got = Counter()
+    for item in f.batches:
+        got[item.batch.log_path] += item.batch.records.num_rows
+    assert got == Counter(expected)
+
+
+def test_json_log_followed(tmp_path: Path, data_dir: Path) -> None:
+    """A JSON-lines conn.log is followed like a TSV one."""
+    path = data_dir / "zat" / "data" / "json" / "conn.log"
+    lines_list = path.read_bytes().splitlines(keepends=True)
+    folder = tmp_path / "logs"
+    folder.mkdir()
+
+    with tailer(folder, tmp_path / "state.json") as t:
+        f = Follower(t)
+        (folder / "conn.log").write_bytes(b"".join(lines_list[:20]))
+        f.until(lambda: sum(f.uids.values()) == 20)
+        append(folder / "conn.log", b"".join(lines_list[20:]))
+        f.until(lambda: sum(f.uids.values()) == len(lines_list))
+
+    assert all(item.batch.log_path == "conn" for item in f.batches)
+    assert f.uids == Counter(json.loads(line)["uid"] for line in lines_list)
+
+
+def test_archive_file_read_only_once_stable(
+    tmp_path: Path, lab: tuple[bytes, list[bytes]]
+) -> None:
+    """A gzip still being written into the archive is read only when complete."""
+    import gzip
+
+    header, rows = lab
+    folder = tmp_path / "spool"
+    day = folder / "logs" / "2026-12-04"
+    day.mkdir(parents=True)
+    packed = gzip.compress(header + b"".join(rows[:100]))
+    target = day / "conn.10:00:00-11:00:00.log.gz"
+
+    with tailer(folder, tmp_path / "state.json", read_archive=True) as t:
+        f = Follower(t)
+        for start in range(0, len(packed), len(packed) // 4 + 1):
+            append(target, packed[start : start + len(packed) // 4 + 1])
+            f.poll_for(0.25)
+            if start + len(packed) // 4 + 1 < len(packed):
+                assert not f.uids
+        f.until(lambda: sum(f.uids.values()) == 100)
+        f.poll_for(0.3)
+
+    assert t.stats.gzip_errors == 0
+    assert f.uids == Counter(uid_of(r) for r in rows[:100])
+
+
+def test_lag_counts_unread_bytes(
+    tmp_path: Path, lab: tuple[bytes, list[bytes]]
+) -> None:
+    """Bytes appended and not yet read show as lag, with a growing age."""
+    header, rows = lab
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    live = folder / "conn.log"
+    live.write_bytes(header + rows[0])
+
+    with tailer(folder, tmp_path / "state.json") as t:
+        f = Follower(t)
+        f.until(lambda: sum(f.uids.values()) == 1)
+        assert t.lag().bytes == 0 and t.lag().seconds == 0
+        more = b"".join(rows[1:50])
+        append(live, more)
+        time.sleep(0.3)
+        lag = t.lag()
+        f.until(lambda: sum(f.uids.values()) == 50)
+        after = t.lag()
+
+    assert lag.bytes == len(more)
+    assert lag.seconds >= 0.3
+    assert after.bytes == 0 and after.seconds == 0
