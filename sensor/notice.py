@@ -217,6 +217,7 @@ class NoticeWriter:
                 not been told about is durable, so it must retry later.
         """
         written: list[str] = []
+        rejected: list[str] = []
         try:
             if self._pending_rotate is not None:
                 try:
@@ -233,8 +234,7 @@ class NoticeWriter:
                 try:
                     line = NOTICE_FORMAT.line(notice.record())
                 except ValueRejected as exc:
-                    self.rejected += 1
-                    log.warning("notice.rejected", uid=notice.uid, error=str(exc))
+                    rejected.append(f"{notice.uid}: {exc}")
                     continue
                 full = self._size + len(line) > self.max_bytes
                 if full and self._size > self._base_size:
@@ -248,6 +248,9 @@ class NoticeWriter:
                 self._unsynced = False
         finally:
             self._ids.update(written)
+            self.rejected += len(rejected)
+            if rejected:
+                log.warning("notices.rejected", count=len(rejected), first=rejected[0])
         self.written += len(written)
 
         return len(written)

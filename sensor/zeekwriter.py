@@ -237,7 +237,9 @@ class LogFormat:
 
         return text
 
-    def decode(self, line: bytes, names: Sequence[str] | None = None) -> dict:
+    def decode(
+        self, line: bytes, names: Sequence[str] | None = None
+    ) -> dict[str, object]:
         """Read one line back with the rules of Zeek's ASCII Input reader.
 
         Args:
@@ -266,7 +268,13 @@ class LogFormat:
             column = self._by_name.get(name)
             if column is None:
                 continue
-            out[name] = _decode_value(column, raw)
+            try:
+                out[name] = _decode_value(column, raw)
+            except (ValueError, ArithmeticError):
+                raise ValueRejected(
+                    f"field {name!r} of type {column.zeek_type} cannot be read "
+                    f"from {raw[:80]!r}"
+                ) from None
         missing = [c.name for c in self.columns if c.name not in out]
         if missing:
             raise ValueRejected(f"fields {missing} are not in the file's #fields")

@@ -21,7 +21,7 @@ def make_notice(i: int, *, kind: str = "flow", msg: str = "") -> Notice:
         ts=BASE_TS + i * 1000,
         uid=f"C{i:017d}",
         orig_h="192.0.2.10",
-        orig_p=40000 + i,
+        orig_p=(40000 + i) % 65536,
         resp_h="2001:db8::53",
         resp_p=443,
         proto="tcp",
