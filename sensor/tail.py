@@ -73,6 +73,8 @@ POLL_READ_BUDGET: Final = 16 << 20
 HEAD_LIMIT: Final = 1 << 20
 # Rescans asked for by events are spaced at least this far apart (seconds).
 MIN_RESCAN_GAP: Final = 0.05
+# After a watch error that is not a kernel limit, try again this much later.
+WATCH_RETRY_S: Final = 30.0
 
 _DATE_DIR = re.compile(r"\d{4}-\d\d-\d\d")
 _ROTATED_SUFFIX = re.compile(
@@ -249,7 +251,7 @@ class LogTailer:
         self._live: dict[str, _File] = {}
         self._keys_seen: set[str] = set()
         self._finished_keys: dict[str, int] = {}
-        self._done_unsaved = False
+        self._dirty = False
         self._key_where: dict[str, tuple[str, int, int]] = {}
         self._passed: dict[tuple[int, int], tuple[int, int]] = {}
         self._bad: set[tuple[int, int]] = set()
@@ -263,6 +265,7 @@ class LogTailer:
         self._rescan_asked = False
         self._last_rescan = float("-inf")
         self._watch = watch
+        self._watch_retry_at = 0.0
         self._observer: Any = None
         self._watched: tuple[str, ...] = ()
         if not watch:
@@ -307,11 +310,16 @@ class LogTailer:
             )
 
         for key, offset in furthest.items():
+            known = self._store.get(key)
+            if known is not None and known.offset == offset:
+                continue
             path, dev, ino = self._key_where.get(key, ("", 0, 0))
             self._store.update(key, FileState(offset, path=path, dev=dev, ino=ino))
+            self._dirty = True
         self._mark_done()
-        self._store.save()
-        self._done_unsaved = False
+        if self._dirty:
+            self._store.save()
+            self._dirty = False
 
     def _mark_done(self) -> None:
         """Finished files whose last batch is committed will not be opened."""
@@ -321,7 +329,7 @@ class LogTailer:
                 if not state.done:
                     state.done = True
                     self._store.update(key, state)
-                    self._done_unsaved = True
+                    self._dirty = True
                 del self._finished_keys[key]
 
     def lag(self) -> Lag:
@@ -351,7 +359,9 @@ class LogTailer:
         open_files = len(self._files)
         for f in list(self._files):
             self._close_file(f)
-        if self._done_unsaved:
+        if self._dirty:
+            # Only "done" marks can be pending here; offsets are saved by
+            # commit() alone.
             self._store.save()
         self._store.close()
         log.info("tail.closed", records=self.stats.records, open_files=open_files)
@@ -365,12 +375,16 @@ class LogTailer:
     # -- watching ----------------------------------------------------------
 
     def _on_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("created", "moved", "deleted", "closed"):
+        kind = event.event_type
+        if kind in ("opened", "closed_no_write"):
+            # Our own opens; nothing was written.
+            return
+        if kind in ("created", "moved", "deleted", "closed"):
             self._rescan_asked = True
         self._wake.set()
 
     def _keep_observer(self) -> None:
-        if not self._watch:
+        if not self._watch or time.monotonic() < self._watch_retry_at:
             return
         if self._observer is not None and not self._observer.is_alive():
             log.warning("watch.observer_died", restarts=self.stats.observer_restarts)
@@ -387,18 +401,25 @@ class LogTailer:
                 observer.schedule(_Wakeup(self), path, recursive=path != wanted[0])
             observer.start()
         except OSError as exc:
-            self._watch = False
-            self.stats.polling_only = True
+            with contextlib.suppress(Exception):
+                observer.stop()
             limit = {
                 errno.ENOSPC: "fs.inotify.max_user_watches",
                 errno.EMFILE: "fs.inotify.max_user_instances",
-            }.get(exc.errno or 0, "")
+            }.get(exc.errno or 0)
+            if limit is not None:
+                # A kernel limit will not lift by itself: poll from now on.
+                self._watch = False
+                self.stats.polling_only = True
+            else:
+                self._watch_retry_at = time.monotonic() + WATCH_RETRY_S
             log.warning(
                 "watch.unavailable",
                 error=str(exc),
                 limit=limit,
                 fallback="rescan",
                 interval_s=self.poll_interval,
+                retry_s=None if limit else WATCH_RETRY_S,
             )
             return
         self._observer = observer
