@@ -75,7 +75,7 @@ class TrainConfig:
     kind: str
     input_dim: int
     latent_dim: int = 32
-    conv_channels: tuple[int, ...] = (16, 32, 64)
+    conv_channels: tuple[int, ...] = (8, 16, 32)
     latent_channels: int = 0
     mlp_widths: tuple[int, ...] = (64, 32)
     disc_channels: tuple[int, ...] = (8, 16, 32)
@@ -394,29 +394,26 @@ def _train_autoencoder(
             if len(idx) < 2:
                 continue
             xb = x_train[idx.to(x_train.device)]
+            n = len(idx)
             recon = decoder(encoder(xb))
 
-            logit_real, _ = disc(xb)
-            logit_fake, _ = disc(recon.detach())
-            loss_d = F.binary_cross_entropy_with_logits(
-                logit_real, torch.ones_like(logit_real)
-            ) + F.binary_cross_entropy_with_logits(
-                logit_fake, torch.zeros_like(logit_fake)
-            )
+            # Real and reconstructed go through D together: one call, and
+            # BatchNorm in D sees both kinds in every batch.
+            logits, _ = disc(torch.cat([xb, recon.detach()]))
+            target = torch.cat([torch.ones(n), torch.zeros(n)]).to(logits.device)
+            loss_d = 2 * F.binary_cross_entropy_with_logits(logits, target)
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
 
-            _, feat_real = disc(xb)
-            _, feat_fake = disc(recon)
+            _, feats = disc(torch.cat([xb, recon]))
             loss_recon = F.mse_loss(recon, xb)
-            loss_adv = F.mse_loss(feat_fake, feat_real.detach())
+            loss_adv = F.mse_loss(feats[n:], feats[:n].detach())
             loss_g = cfg.recon_weight * loss_recon + cfg.adv_weight * loss_adv
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
 
-            n = len(idx)
             sums["recon"] += float(loss_recon.detach()) * n
             sums["adv"] += float(loss_adv.detach()) * n
             sums["disc"] += float(loss_d.detach()) * n
