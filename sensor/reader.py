@@ -213,16 +213,6 @@ class _Header:
         return self.fields is not None
 
 
-def _line_end(buffer: bytearray, lines: int) -> int:
-    """Offset just past the `lines`-th newline in the buffer."""
-    view = np.frombuffer(buffer, dtype=np.uint8)
-    end = int(np.flatnonzero(view == 0x0A)[lines - 1]) + 1
-    # The view must go before the caller resizes the buffer.
-    del view
-
-    return end
-
-
 def _decode_meta(value: bytes) -> str:
     return unescape(value).decode("utf-8", "backslashreplace")
 
@@ -289,7 +279,7 @@ class LogDecoder:
         self._tail = bytearray()
         self._line_no = 0
         self._header = _Header()
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
         self._pending_lines = 0
         self._pending_offset = 0
         self._pending_line_no = 1
@@ -309,17 +299,25 @@ class LogDecoder:
         Raises:
             LogFormatError: the stream is not a Zeek log (first line).
         """
-        self._tail += data
-        last = self._tail.rfind(b"\n")
+        last = data.rfind(b"\n")
         if last < 0:
+            self._tail += data
             return []
+        if self._tail:
+            self._tail += data[: last + 1]
+            chunk = bytes(self._tail)
+            self._tail.clear()
+        else:
+            chunk = data[: last + 1]
+        rest = data[last + 1 :]
         if self.format is None:
             # Only blank and comment lines so far: wait for one that tells.
-            self._detect(bytes(self._tail[: last + 1]))
+            self._detect(chunk)
             if self.format is None:
+                self._tail += chunk
+                self._tail += rest
                 return []
-        chunk = bytes(self._tail[: last + 1])
-        del self._tail[: last + 1]
+        self._tail += rest
 
         return self._take_lines(chunk)
 
@@ -383,39 +381,42 @@ class LogDecoder:
         """Sort complete lines into header lines and runs of data lines."""
         base = self.offset
         first_line = self._line_no + 1
+        lines = chunk.count(b"\n")
         self.offset += len(chunk)
-        self._line_no += chunk.count(b"\n")
+        self._line_no += lines
 
         if self.format == "json":
-            return self._append_run(chunk, base, first_line)
-
-        view = np.frombuffer(chunk, dtype=np.uint8)
-        ends = np.flatnonzero(view == 0x0A)
-        starts = np.empty_like(ends)
-        starts[0] = 0
-        starts[1:] = ends[:-1] + 1
-        hashes = np.flatnonzero(view[starts] == 0x23)
-        if len(hashes) == 0:
-            return self._append_run(chunk, base, first_line)
+            return self._append_run(chunk, base, first_line, lines)
 
         batches: list[Batch] = []
         run_start = 0
-        for index in hashes.tolist():
-            line = chunk[starts[index] : ends[index]]
-            if not self._is_header(line):
-                continue
-            start = int(starts[index])
-            if start > run_start:
-                line_no = first_line + int(np.searchsorted(ends, run_start))
-                batches += self._append_run(
-                    chunk[run_start:start], base + run_start, line_no
-                )
-            batches += self._emit_pending(everything=True)
-            self._header_line(line, base + int(ends[index]) + 1)
-            run_start = int(ends[index]) + 1
+        run_line = first_line
+        hash_at = 0 if chunk.startswith(b"#") else chunk.find(b"\n#") + 1
+        while hash_at > 0 or (hash_at == 0 and chunk.startswith(b"#")):
+            end = chunk.index(b"\n", hash_at)
+            line = chunk[hash_at:end]
+            if self._is_header(line):
+                if hash_at > run_start:
+                    run = chunk[run_start:hash_at]
+                    count = run.count(b"\n")
+                    batches += self._append_run(run, base + run_start, run_line, count)
+                    run_line += count
+                batches += self._emit_pending(everything=True)
+                self._header_line(line, base + end + 1)
+                run_start = end + 1
+                run_line += 1
+            hash_at = chunk.find(b"\n#", end) + 1
+            if hash_at == 0:
+                break
+        if run_start == 0:
+            return self._append_run(chunk, base, first_line, lines)
         if run_start < len(chunk):
-            line_no = first_line + int(np.searchsorted(ends, run_start))
-            batches += self._append_run(chunk[run_start:], base + run_start, line_no)
+            batches += self._append_run(
+                chunk[run_start:],
+                base + run_start,
+                run_line,
+                first_line + lines - run_line,
+            )
 
         return batches
 
@@ -497,19 +498,21 @@ class LogDecoder:
 
     # -- pending records --------------------------------------------------
 
-    def _append_run(self, run: bytes, offset: int, line_no: int) -> list[Batch]:
-        """Queue a run of data lines; return the batches it fills."""
-        if offset + len(run) <= self.skip_until:
-            if self.format == "json" and not self._json_path_known:
-                self._decide_json_path(run)
-            return []
+    def _append_run(
+        self, run: bytes, offset: int, line_no: int, lines: int
+    ) -> list[Batch]:
+        """Queue a run of `lines` data lines; return the batches it fills."""
         if self.format == "json" and not self._json_path_known:
             self._decide_json_path(run)
+        if offset + len(run) <= self.skip_until:
+            return []
         if offset < self.skip_until:
             # Resuming inside this run: drop the lines that end at or before
             # the resume offset; a line it falls inside is still emitted.
             cut = run.rfind(b"\n", 0, self.skip_until - offset) + 1
-            line_no += run.count(b"\n", 0, cut)
+            dropped = run.count(b"\n", 0, cut)
+            line_no += dropped
+            lines -= dropped
             offset += cut
             run = run[cut:]
             if not run:
@@ -518,38 +521,56 @@ class LogDecoder:
         if not self._pending:
             self._pending_offset = offset
             self._pending_line_no = line_no
-        self._pending += run
-        self._pending_lines += run.count(b"\n")
+        self._pending.append(run)
+        self._pending_lines += lines
 
         return self._emit_pending(everything=False)
 
     def _emit_pending(self, *, everything: bool) -> list[Batch]:
-        batches: list[Batch] = []
-        while self._pending_lines >= self.batch_size or (
+        if self._pending_lines < self.batch_size and not (
             everything and self._pending_lines
         ):
+            return []
+
+        # One copy of the held runs; then cut batches at line boundaries.
+        held = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        cuts: list[int] = []
+        if self._pending_lines > self.batch_size:
+            view = np.frombuffer(held, dtype=np.uint8)
+            ends = np.flatnonzero(view == 0x0A)
+            del view
+            cuts = (ends[self.batch_size - 1 :: self.batch_size] + 1).tolist()
+        if not cuts or cuts[-1] != len(held):
+            cuts.append(len(held))
+
+        batches: list[Batch] = []
+        start = 0
+        for cut in cuts:
             take = min(self._pending_lines, self.batch_size)
-            if take == self._pending_lines:
-                size = len(self._pending)
-            else:
-                size = _line_end(self._pending, take)
-            block = bytes(self._pending[:size])
-            del self._pending[:size]
+            if take < self.batch_size and not everything:
+                # A short remainder waits for more lines (or a flush).
+                self._pending.append(held[start:])
+                break
+            block = held[start:cut] if start or cut != len(held) else held
             first_line = self._pending_line_no
             self._pending_lines -= take
             self._pending_line_no += take
-            self._pending_offset += size
-            batch = self._decode_block(block, first_line, self._pending_offset)
+            self._pending_offset += cut - start
+            start = cut
+            batch = self._decode_block(block, first_line, take, self._pending_offset)
             if batch is not None:
                 batches.append(batch)
 
         return batches
 
-    def _decode_block(self, block: bytes, first_line: int, end: int) -> Batch | None:
+    def _decode_block(
+        self, block: bytes, first_line: int, lines: int, end: int
+    ) -> Batch | None:
         if self.format == "json":
             records, log_path = self._decode_json(block, first_line)
         else:
-            records, log_path = self._decode_tsv(block, first_line)
+            records, log_path = self._decode_tsv(block, first_line, lines)
         if records is None or records.num_rows == 0:
             return None
         self.stats.records += records.num_rows
@@ -571,10 +592,9 @@ class LogDecoder:
     # -- TSV --------------------------------------------------------------
 
     def _decode_tsv(
-        self, block: bytes, first_line: int
+        self, block: bytes, first_line: int, count: int
     ) -> tuple[pa.RecordBatch | None, str | None]:
         header = self._header
-        count = block.count(b"\n")
         closed = self.closed and not self.after_close
         if header.broken is not None or not header.ready or closed:
             if header.broken is not None:
@@ -600,26 +620,25 @@ class LogDecoder:
                 f"#fields has {len(names)} names but #types has {len(types)}"
             )
             log.error("header.unusable", file=self.source, reason=header.broken)
-            return self._decode_tsv(block, first_line)
+            return self._decode_tsv(block, first_line, count)
 
-        columns, line_numbers = self._split_tsv(block, first_line, len(names))
+        columns, line_numbers = self._split_tsv(block, first_line, count, len(names))
         if not line_numbers.size:
             return None, None
 
         return self._build_tsv(names, types, columns, line_numbers)
 
     def _split_tsv(
-        self, block: bytes, first_line: int, width: int
+        self, block: bytes, first_line: int, lines_total: int, width: int
     ) -> tuple[list[pa.Array], np.ndarray]:
         """Split lines into raw binary columns; reject wrong field counts."""
-        lines_total = block.count(b"\n")
         line_numbers = np.arange(first_line, first_line + lines_total)
         separator = self._header.separator
 
+        # pyarrow's CSV reader also ends lines at a bare `\r`, so blocks
+        # holding one (rare) take the Python path.
         simple = (
             b"\r" not in block
-            and b"\n\n" not in block
-            and not block.startswith(b"\n")
             and len(separator) == 1
             and separator[0] < 0x80
             and separator not in b"\n\r"
@@ -646,7 +665,7 @@ class LogDecoder:
                 quote_char=False,
                 escape_char=False,
                 double_quote=False,
-                ignore_empty_lines=False,
+                ignore_empty_lines=True,
                 invalid_row_handler=reject,
             ),
             convert_options=pacsv.ConvertOptions(
@@ -657,6 +676,10 @@ class LogDecoder:
                 check_utf8=False,
             ),
         )
+        if table.num_rows + len(rejected) != lines_total:
+            # Blank lines were dropped, so rows no longer map to line
+            # numbers: read this (rare) block the exact, slower way.
+            return self._split_tsv_python(block, line_numbers, width)
         keep = np.ones(lines_total, dtype=bool)
         for number, actual in rejected:
             keep[number - 1] = False

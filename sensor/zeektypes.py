@@ -222,8 +222,27 @@ def _parse_micros(raw: bytes) -> int:
     return -micros if text.startswith("-") else micros
 
 
+def _six_decimals(values: pa.Array) -> pa.Array | None:
+    """Fast path for Zeek's own `%.6f` form: drop the dot, read an integer.
+
+    Returns None when some value is not in that form.
+    """
+    dot = pc.find_substring(values, b".")
+    if not pc.all(pc.equal(pc.subtract(pc.binary_length(values), dot), 7)).as_py():
+        return None
+    digits = pc.replace_substring(values, b".", b"", max_replacements=1)
+    try:
+        return digits.cast(pa.string()).cast(pa.int64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
+
+
 def _to_micros(values: pa.Array) -> Converted:
     """Fixed-point seconds text -> int64 microseconds, never via float."""
+    if values.null_count < len(values):
+        fast = _six_decimals(values)
+        if fast is not None:
+            return fast, None
     try:
         text = values.cast(pa.string())
         parts = pc.extract_regex(text, _FIXED_POINT)
@@ -303,18 +322,37 @@ def _convert_bool(values: pa.Array, target: pa.DataType) -> Converted:
     return result, _bad_mask(values, result)
 
 
+# Distinct raw values already normalised, per normaliser. Addresses repeat
+# a lot from batch to batch; the caches are emptied when they grow large.
+_NORMALISED: dict[Callable[[str], str], dict[bytes, str | None]] = {}
+_CACHE_LIMIT: Final = 200_000
+
+
 def _convert_by_unique(values: pa.Array, normalise: Callable[[str], str]) -> Converted:
     """Normalise each distinct value once, then map the records onto them."""
+    cache = _NORMALISED.setdefault(normalise, {})
+    if len(cache) > _CACHE_LIMIT:
+        cache.clear()
     distinct = pc.unique(values)
     normalised: list[str | None] = []
+    unchanged = True
     for raw in distinct.to_pylist():
         if raw is None:
             normalised.append(None)
             continue
-        try:
-            normalised.append(normalise(raw.decode("ascii")))
-        except (ValueError, UnicodeDecodeError):
-            normalised.append(None)
+        text = cache.get(raw, "")
+        if text == "":
+            try:
+                text = normalise(raw.decode("ascii"))
+            except (ValueError, UnicodeDecodeError):
+                text = None
+            cache[raw] = text
+        unchanged = unchanged and text is not None and len(text) == len(raw)
+        normalised.append(text)
+    if unchanged and normalised == [
+        None if raw is None else raw.decode("ascii") for raw in distinct.to_pylist()
+    ]:
+        return values.cast(pa.string()), None
     positions = pc.index_in(values, value_set=distinct)
     result = pc.take(pa.array(normalised, type=pa.string()), positions)
 
