@@ -63,6 +63,7 @@ class GateLimits:
     min_known_bad: int = 10
     max_detection_drop: float = 0.25
     max_auroc_drop: float = 0.10
+    min_reference_auroc: float = 0.6
     # Candidate vs the model in service, on the held-out normal slice.
     max_fpr_ratio: float = 3.0
 
@@ -250,14 +251,19 @@ def gate_vs_current(
     cur_bad: np.ndarray | None,
     cur_threshold: float | None,
     limits: GateLimits,
+    *,
+    target: float = 1e-3,
 ) -> Gate:
     """Not much worse than the model in service on the same records.
 
-    On the held-out slice the candidate's false-positive rate may not exceed
-    the current one's by more than `max_fpr_ratio` (plus one record); on the
-    records that raised notices its detection rate and AUROC may drop only a
-    little. This is what catches a candidate trained on poisoned data: the
-    attack it learned as normal no longer reaches its threshold.
+    On the held-out slice the candidate's false positives may exceed what
+    `max_fpr_ratio` times the current model's rate (or the target, if
+    higher) gives by chance. On the records that raised notices its
+    detection rate and AUROC may drop only a little; that is what catches a
+    candidate trained on poisoned data, which no longer flags the attack it
+    learned as normal. A model in service that does not separate those
+    records itself (AUROC below `min_reference_auroc`) is no reference, and
+    that comparison is skipped.
     """
     if cur_normal is None or cur_threshold is None:
         return Gate("vs_current", None, {}, "no model in service to compare with")
@@ -265,17 +271,20 @@ def gate_vs_current(
     n = len(cand_normal)
     cand_fp = int(np.sum(cand_normal >= cand_threshold))
     cur_fp = int(np.sum(cur_normal >= cur_threshold))
+    rate = max(cur_fp / n if n else 0.0, target) * limits.max_fpr_ratio
+    allowed_fp = binomial_upper(n, min(rate, 1.0), limits.fpr_confidence)
     value: dict[str, Any] = {
         "holdout_n": n,
         "candidate_fp": cand_fp,
         "current_fp": cur_fp,
+        "allowed_fp": allowed_fp,
         "known_bad_n": len(cand_bad),
     }
     problems = []
-    if cand_fp > limits.max_fpr_ratio * cur_fp + 1:
+    if cand_fp > allowed_fp:
         problems.append(
             f"{cand_fp} false positives on the held-out slice against "
-            f"{cur_fp} for the model in service"
+            f"{cur_fp} for the model in service ({allowed_fp} allowed)"
         )
 
     if cur_bad is not None and len(cand_bad) >= limits.min_known_bad:
@@ -289,16 +298,23 @@ def gate_vs_current(
             "candidate_auroc": cand_auc,
             "current_auroc": cur_auc,
         }
-        if cand_rate < cur_rate - limits.max_detection_drop:
-            problems.append(
-                f"it flags {cand_rate:.0%} of the {len(cand_bad)} records that "
-                f"raised notices, the model in service {cur_rate:.0%}"
+        if cur_auc < limits.min_reference_auroc:
+            value["known_bad_note"] = (
+                f"the model in service does not separate the {len(cand_bad)} "
+                f"records that raised notices either (AUROC {cur_auc:.3f}); "
+                "detection not compared"
             )
-        if cand_auc < cur_auc - limits.max_auroc_drop:
-            problems.append(
-                f"AUROC on records that raised notices fell from "
-                f"{cur_auc:.3f} to {cand_auc:.3f}"
-            )
+        else:
+            if cand_rate < cur_rate - limits.max_detection_drop:
+                problems.append(
+                    f"it flags {cand_rate:.0%} of the {len(cand_bad)} records "
+                    f"that raised notices, the model in service {cur_rate:.0%}"
+                )
+            if cand_auc < cur_auc - limits.max_auroc_drop:
+                problems.append(
+                    f"AUROC on records that raised notices fell from "
+                    f"{cur_auc:.3f} to {cand_auc:.3f}"
+                )
     else:
         value["known_bad_note"] = (
             f"fewer than {limits.min_known_bad} records raised notices; "
@@ -672,6 +688,7 @@ def _run_gates(
             cur_bad,
             cur_threshold,
             limits,
+            target=meta.target_fpr,
         )
     )
     for gate in gates:

@@ -110,3 +110,27 @@ def test_vs_current_gate_catches_a_model_blind_to_past_attacks() -> None:
     assert same.passed is True
     assert blind.passed is False and "raised notices" in blind.reason
     assert first.passed is None
+
+
+def test_vs_current_gate_needs_a_reference_that_detects() -> None:
+    """A model in service at chance on noticed records is no yardstick."""
+    rng = np.random.default_rng(3)
+    normal = rng.normal(0, 1, 500)
+    chance = rng.normal(0, 1, 100)
+
+    gate = gate_vs_current(normal, chance, 2.5, normal, chance, 2.5, LIMITS)
+
+    assert gate.passed is True
+    assert "not compared" in gate.value["known_bad_note"]
+
+
+def test_vs_current_gate_compares_false_positives_beyond_chance() -> None:
+    """Many more false positives than the model in service fail the gate."""
+    normal = np.linspace(0, 1, 1000, endpoint=False)
+    bad = np.ones(5)
+
+    close = gate_vs_current(normal, bad, 0.985, normal, bad, 0.99, LIMITS)
+    worse = gate_vs_current(normal, bad, 0.9, normal, bad, 0.99, LIMITS)
+
+    assert close.passed is True
+    assert worse.passed is False and "false positives" in worse.reason
