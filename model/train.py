@@ -64,6 +64,9 @@ class TrainConfig:
     `mlp_widths`. The flow has `flow_blocks` couplings with subnets of width
     `flow_hidden` (0: twice the latent size, at least 32).
 
+    Length: each stage runs its epochs, or more when that many epochs would
+    take fewer than `min_steps` optimiser steps (small data sets).
+
     Noise: pseudo-anomalies are `f^-1(f(z) + eps)`, `eps ~ N(noise_mean,
     noise_std^2)` per dimension. With `noise_std=None` the scale is measured
     on the normal validation latents: it is chosen so that the median squared
@@ -93,6 +96,7 @@ class TrainConfig:
     epochs_ae: int = 8
     epochs_flow: int = 20
     epochs_clf: int = 8
+    min_steps: int = 300
     batch_size: int = 256
     lr: float = 1e-3
     lr_flow: float = 1e-3
@@ -317,6 +321,13 @@ class _Checkpoints:
         tmp.replace(path)
 
 
+def stage_epochs(epochs: int, n: int, cfg: TrainConfig) -> int:
+    """Epochs to run: `epochs`, raised to reach `cfg.min_steps` steps."""
+    per_epoch = max(1, math.ceil(n / cfg.batch_size))
+
+    return max(epochs, math.ceil(cfg.min_steps / per_epoch)) if epochs > 0 else 0
+
+
 def _epochs(stage: str, start: int, total: int) -> Iterator[int]:
     """Epoch numbers, with a tqdm bar only when a person is watching."""
     if sys.stderr.isatty():
@@ -383,7 +394,8 @@ def _train_autoencoder(
         history = state["history"]
         start = state["epoch"] + 1
 
-    for epoch in _epochs("ae", start, cfg.epochs_ae):
+    total = stage_epochs(cfg.epochs_ae, len(x_train), cfg)
+    for epoch in _epochs("ae", start, total):
         rng = _seed(cfg, 1, epoch)
         encoder.train()
         decoder.train()
@@ -490,7 +502,8 @@ def _train_flow(
         best_val = state["best_val"]
         start = state["epoch"] + 1
 
-    for epoch in _epochs("flow", start, cfg.epochs_flow):
+    total_epochs = stage_epochs(cfg.epochs_flow, len(z_train), cfg)
+    for epoch in _epochs("flow", start, total_epochs):
         rng = _seed(cfg, 2, epoch)
         flow.train()
         total, count = 0.0, 0
@@ -584,7 +597,8 @@ def _train_classifier(
         else z_val
     )
 
-    for epoch in _epochs("clf", start, cfg.epochs_clf):
+    total = stage_epochs(cfg.epochs_clf, len(z_train), cfg)
+    for epoch in _epochs("clf", start, total):
         rng = _seed(cfg, 3, epoch)
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         classifier.train()

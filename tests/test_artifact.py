@@ -53,6 +53,7 @@ def trained(features: np.ndarray) -> TrainedModel:
         epochs_ae=1,
         epochs_flow=1,
         epochs_clf=1,
+        min_steps=5,
     )
     return train_three_stage(features[:500], features[500:], cfg)
 

