@@ -503,7 +503,17 @@ def retrain(opts: Options) -> Outcome:
     staging = Path(tempfile.mkdtemp(prefix=".retrain-", dir=opts.model.parent))
     try:
         candidate_path = staging / opts.model.name
-        meta = _export(trained, candidate_path, features, threshold, target, sel, x_val)
+        meta = _export(
+            trained,
+            candidate_path,
+            features,
+            threshold,
+            target,
+            sel,
+            x_train,
+            x_val,
+            opts.seed,
+        )
         gates, scores = _run_gates(
             trained,
             candidate_path,
@@ -518,7 +528,7 @@ def retrain(opts: Options) -> Outcome:
         promote = all(g.passed is not False for g in gates)
         report = _report(meta, current, sel, gates, scores, opts, promote)
         report["train_seconds"] = round(time.monotonic() - started, 1)
-        png = _training_png(trained, scores, meta.threshold, staging / "report.png")
+        png = _training_png(trained, scores, meta, report, staging / "report.png")
         outcome = _decide(opts, candidate_path, report, png, current, promote)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -561,12 +571,24 @@ def _with_known_bad(table: pa.Table, files: Sequence[Path]) -> pa.Table:
 
 
 def _split(table: pa.Table, fraction: float, seed: int) -> tuple[pa.Table, pa.Table]:
-    """A seeded random split into training and validation records."""
+    """A seeded random split into training and validation records.
+
+    Whole connections (`uid`) fall on one side, so the packets of one
+    connection never sit in both and the threshold is set on unseen ones.
+    """
     n = table.num_rows
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * fraction)))
-    val = np.sort(order[:n_val])
-    train = np.sort(order[n_val:])
+    if "uid" in table.schema.names:
+        uids = table.column("uid").to_pylist()
+        groups = np.unique(np.array([u or "" for u in uids]), return_inverse=True)[1]
+    else:
+        groups = np.arange(n)
+    rng = np.random.default_rng(seed)
+    in_val = rng.random(int(groups.max()) + 1 if n else 0) < fraction
+    mask = in_val[groups] if n else np.zeros(0, dtype=bool)
+    if n and not mask.any():
+        mask[rng.integers(n)] = True
+    val = np.flatnonzero(mask)
+    train = np.flatnonzero(~mask)
 
     return table.take(pa.array(train)), table.take(pa.array(val))
 
@@ -603,11 +625,20 @@ def _export(
     threshold: float,
     target: float,
     sel: bl.Selection,
+    x_train: np.ndarray,
     x_val: np.ndarray,
+    seed: int,
 ) -> Any:
-    from model.artifact import ModelMetadata, export_model
+    """Export the candidate with metadata shaped like `bflow train` writes."""
+    from model.artifact import ModelMetadata, export_model, read_metadata
+    from model.calibrate import false_positive_rate
+    from model.report import score_histograms
 
     val_scores = trained.score(x_val)
+    pseudo = trained.score_latents(
+        trained.pseudo_anomalies(min(len(x_val), 5000), seed=seed)
+    )
+    first, last = sel.time_range
     meta = ModelMetadata(
         kind=features.kind,
         input_dim=int(trained.cfg.input_dim),
@@ -617,16 +648,23 @@ def _export(
         training={
             "config": trained.cfg.to_dict(),
             "history": trained.history,
-            "data": sel.summary(),
+            "noise_std": trained.noise_std,
+            "records": {"train": int(len(x_train)), "val": int(len(x_val))},
+            "time_range": {"first": first, "last": last},
+            "sources": sel.files,
+            "selection": {"window": list(sel.window), "counts": sel.counts},
             "by": "bflow retrain",
         },
         validation={
             "n": int(len(val_scores)),
-            "fpr_at_threshold": float(np.mean(val_scores >= threshold)),
+            "fpr_at_threshold": false_positive_rate(val_scores, threshold),
+            "pseudo_tpr_at_threshold": float(np.mean(pseudo >= threshold)),
+            "histograms": score_histograms(
+                {"normal_val": val_scores, "pseudo": pseudo}
+            ),
         },
     )
     export_model(trained, path, meta)
-    from model.artifact import read_metadata
 
     return read_metadata(path)
 
@@ -751,49 +789,33 @@ def _quantiles(values: np.ndarray) -> dict[str, float] | None:
 
 
 def _training_png(
-    trained: Any, scores: dict[str, np.ndarray], threshold: float, path: Path
+    trained: Any,
+    scores: dict[str, np.ndarray],
+    meta: Any,
+    report: dict[str, Any],
+    path: Path,
 ) -> Path | None:
-    """Draw the report PNG: training curves and the score histograms.
+    """The training report PNG (`model.report`), kept beside the model.
 
-    Left: each stage's mean loss per epoch. Right: the candidate's scores on
-    the held-out normal slice, on records that raised notices and on
-    pseudo-anomalies, with its threshold. A failed plot is logged and never
-    blocks a good model.
+    Normal scores are the held-out slice's, anomalous ones those of the
+    records that raised notices. A failed plot is logged and never blocks a
+    good model.
     """
+    from model.report import write_report
+
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, (curves, hist) = plt.subplots(1, 2, figsize=(11, 4))
-        for stage, epochs in trained.history.items():
-            for key in sorted({k for e in epochs for k in e}):
-                values = [e[key] for e in epochs if key in e]
-                if values and key != "epoch":
-                    curves.plot(values, label=f"{stage} {key}")
-        curves.set_xlabel("epoch")
-        curves.set_ylabel("mean loss")
-        curves.set_yscale("symlog")
-        curves.legend(fontsize=6)
-        curves.set_title("training")
-
-        names = {
-            "holdout": "held-out normal",
-            "known_bad": "raised notices",
-            "pseudo": "pseudo-anomalies",
-        }
-        for key, label in names.items():
-            drawn = scores.get(key)
-            if drawn is not None and len(drawn):
-                hist.hist(drawn, bins=50, alpha=0.5, density=True, label=label)
-        hist.axvline(threshold, color="k", linestyle="--", label="threshold")
-        hist.set_xlabel("score (higher = more anomalous)")
-        hist.legend(fontsize=7)
-        hist.set_title("candidate scores")
-        fig.tight_layout()
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
+        write_report(
+            path,
+            title=(
+                f"bflow retrain: {meta.kind} model {meta.model_version} "
+                f"({report['decision']})"
+            ),
+            history=trained.history,
+            normal=scores["holdout"],
+            anomalous=scores["known_bad"],
+            pseudo=scores["pseudo"],
+            threshold=meta.threshold,
+        )
     except Exception as exc:  # matplotlib raises many kinds
         log.warning("retrain.no_png", reason=str(exc))
         return None
