@@ -544,6 +544,7 @@ class LogDecoder:
         if not cuts or cuts[-1] != len(held):
             cuts.append(len(held))
 
+        has_cr = b"\r" in held
         batches: list[Batch] = []
         start = 0
         for cut in cuts:
@@ -552,25 +553,36 @@ class LogDecoder:
                 # A short remainder waits for more lines (or a flush).
                 self._pending.append(held[start:])
                 break
-            block = held[start:cut] if start or cut != len(held) else held
+            # A view, not a copy: the CSV reader reads it in place.
+            block = memoryview(held)[start:cut]
             first_line = self._pending_line_no
             self._pending_lines -= take
             self._pending_line_no += take
             self._pending_offset += cut - start
             start = cut
-            batch = self._decode_block(block, first_line, take, self._pending_offset)
+            batch = self._decode_block(
+                block, first_line, take, self._pending_offset, has_cr=has_cr
+            )
             if batch is not None:
                 batches.append(batch)
 
         return batches
 
     def _decode_block(
-        self, block: bytes, first_line: int, lines: int, end: int
+        self,
+        block: memoryview,
+        first_line: int,
+        lines: int,
+        end: int,
+        *,
+        has_cr: bool,
     ) -> Batch | None:
         if self.format == "json":
-            records, log_path = self._decode_json(block, first_line)
+            records, log_path = self._decode_json(bytes(block), first_line)
         else:
-            records, log_path = self._decode_tsv(block, first_line, lines)
+            records, log_path = self._decode_tsv(
+                block, first_line, lines, has_cr=has_cr
+            )
         if records is None or records.num_rows == 0:
             return None
         self.stats.records += records.num_rows
@@ -592,7 +604,7 @@ class LogDecoder:
     # -- TSV --------------------------------------------------------------
 
     def _decode_tsv(
-        self, block: bytes, first_line: int, count: int
+        self, block: memoryview, first_line: int, count: int, *, has_cr: bool
     ) -> tuple[pa.RecordBatch | None, str | None]:
         header = self._header
         closed = self.closed and not self.after_close
@@ -620,16 +632,24 @@ class LogDecoder:
                 f"#fields has {len(names)} names but #types has {len(types)}"
             )
             log.error("header.unusable", file=self.source, reason=header.broken)
-            return self._decode_tsv(block, first_line, count)
+            return self._decode_tsv(block, first_line, count, has_cr=has_cr)
 
-        columns, line_numbers = self._split_tsv(block, first_line, count, len(names))
+        columns, line_numbers = self._split_tsv(
+            block, first_line, count, len(names), has_cr=has_cr
+        )
         if not line_numbers.size:
             return None, None
 
         return self._build_tsv(names, types, columns, line_numbers)
 
     def _split_tsv(
-        self, block: bytes, first_line: int, lines_total: int, width: int
+        self,
+        block: memoryview,
+        first_line: int,
+        lines_total: int,
+        width: int,
+        *,
+        has_cr: bool,
     ) -> tuple[list[pa.Array], np.ndarray]:
         """Split lines into raw binary columns; reject wrong field counts."""
         line_numbers = np.arange(first_line, first_line + lines_total)
@@ -637,8 +657,10 @@ class LogDecoder:
 
         # pyarrow's CSV reader also ends lines at a bare `\r`, so blocks
         # holding one (rare) take the Python path.
+        unset = self._header.markers.unset.decode("utf-8", "replace")
         simple = (
-            b"\r" not in block
+            not has_cr
+            and unset.encode() == self._header.markers.unset
             and len(separator) == 1
             and separator[0] < 0x80
             and separator not in b"\n\r"
@@ -654,7 +676,7 @@ class LogDecoder:
 
         names = [f"f{i}" for i in range(width)]
         table = pacsv.read_csv(
-            io.BytesIO(block),
+            pa.BufferReader(pa.py_buffer(block)),
             read_options=pacsv.ReadOptions(
                 column_names=names,
                 use_threads=False,
@@ -670,8 +692,8 @@ class LogDecoder:
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={name: pa.binary() for name in names},
-                null_values=[],
-                strings_can_be_null=False,
+                null_values=[unset],
+                strings_can_be_null=True,
                 quoted_strings_can_be_null=False,
                 check_utf8=False,
             ),
@@ -691,12 +713,13 @@ class LogDecoder:
         return columns, line_numbers[keep]
 
     def _split_tsv_python(
-        self, block: bytes, line_numbers: np.ndarray, width: int
+        self, block: memoryview, line_numbers: np.ndarray, width: int
     ) -> tuple[list[pa.Array], np.ndarray]:
         separator = self._header.separator
-        rows: list[list[bytes]] = []
+        unset = self._header.markers.unset
+        rows: list[list[bytes | None]] = []
         kept: list[int] = []
-        for index, line in enumerate(block.split(b"\n")[:-1]):
+        for index, line in enumerate(bytes(block).split(b"\n")[:-1]):
             line = line.removesuffix(b"\r")
             if not line:
                 self.stats.blank += 1
@@ -708,7 +731,7 @@ class LogDecoder:
                     f"{len(fields)} fields, expected {width}",
                 )
                 continue
-            rows.append(fields)
+            rows.append([None if f == unset else f for f in fields])
             kept.append(index)
         columns = [
             pa.array([row[i] for row in rows], type=pa.binary()) for i in range(width)

@@ -282,7 +282,7 @@ def _parse_int(low: int, high: int) -> Callable[[bytes], object]:
 
 def _convert_integer(values: pa.Array, target: pa.DataType) -> Converted:
     try:
-        return values.cast(pa.string()).cast(target), None
+        return values.cast(target), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         if target == pa.uint64():
             return _per_value(values, _parse_int(0, _UINT64_MAX), target)
@@ -291,7 +291,7 @@ def _convert_integer(values: pa.Array, target: pa.DataType) -> Converted:
 
 def _convert_double(values: pa.Array, target: pa.DataType) -> Converted:
     try:
-        return values.cast(pa.string()).cast(pa.float64()), None
+        return values.cast(pa.float64()), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return _per_value(values, lambda raw: float(raw.decode("ascii")), target)
 
@@ -427,13 +427,14 @@ def _convert_scalar(values: pa.Array, zeek_type: str, target: pa.DataType) -> Co
 def convert_column(raw: pa.Array, zeek_type: str, markers: Markers) -> Converted:
     """Turn one column of raw TSV field values into its Arrow type.
 
-    The unset and empty markers are compared with the whole raw field first;
-    containers are then split on the set separator, and only after that are
-    escapes decoded, so `\\x2d` stays the string `-` and `\\x2c` stays inside
-    its element.
+    The unset and empty markers are compared with the whole raw field first
+    (the splitter has already made unset fields null); containers are then
+    split on the set separator, and only after that are escapes decoded, so
+    `\\x2d` stays the string `-` and `\\x2c` stays inside its element.
 
     Args:
-        raw: the fields as they were in the file (binary, no nulls).
+        raw: the fields as they were in the file (binary), null where the
+            field was the unset marker.
         zeek_type: the field type from `#types`.
         markers: the header's unset and empty markers and set separator.
 
@@ -443,18 +444,19 @@ def convert_column(raw: pa.Array, zeek_type: str, markers: Markers) -> Converted
     """
     target = arrow_type(zeek_type)
     kind, inner = split_container(zeek_type)
-    unset = pc.equal(raw, pa.scalar(markers.unset, pa.binary()))
-    empty = pc.equal(raw, pa.scalar(markers.empty, pa.binary()))
     null_binary = pa.scalar(None, pa.binary())
 
     if kind is None:
-        values = pc.if_else(unset, null_binary, raw)
+        values = raw
         if zeek_type not in _CONVERTERS:
             # string-like: the empty marker is the empty string.
+            empty = pc.equal(raw, pa.scalar(markers.empty, pa.binary()))
             values = pc.if_else(empty, pa.scalar(b"", pa.binary()), values)
         return _convert_scalar(values, zeek_type, target)
 
-    values = pc.if_else(pc.or_(unset, empty), null_binary, raw)
+    unset = raw.is_null()
+    empty = pc.equal(raw, pa.scalar(markers.empty, pa.binary()))
+    values = pc.if_else(empty, null_binary, raw)
     lists = pc.split_pattern(values, pattern=markers.set_separator)
     elements = lists.flatten()
     element_unset = pc.equal(elements, pa.scalar(markers.unset, pa.binary()))
