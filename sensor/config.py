@@ -51,6 +51,10 @@ class Config:
     # Prometheus endpoint; port 0 = off. Only loopback addresses are allowed.
     metrics_port: int = 0
     metrics_address: str = "127.0.0.1"
+    # Threads torch may use for scoring. One is the default: on a sensor the
+    # cores belong to Zeek first, and on a busy machine a second scoring
+    # thread spinning in OpenMP made scoring up to 50 times slower.
+    threads: int = 1
     # Overrides of the thresholds stored in the models; None = the model's.
     flow_threshold: float | None = None
     packet_threshold: float | None = None
@@ -156,6 +160,7 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "finish_grace": _seconds,
     "summary_interval": _positive_seconds,
     "model_check_interval": _seconds,
+    "threads": _positive_int,
     "metrics_port": _port,
     "metrics_address": _loopback,
     "flow_threshold": _opt_threshold,

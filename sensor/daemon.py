@@ -102,6 +102,7 @@ class Daemon:
         self.config = config
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
+        _limit_threads(config.threads)
         self.pipeline = Pipeline(self._load_models())
         self._stop_reason: str | None = None
         self._reload_requested = False
@@ -407,6 +408,15 @@ class Daemon:
             lag_bytes = value.get("bytes")
         if isinstance(lag_bytes, int):
             self.metrics.lag_bytes = lag_bytes
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    # Inter-op threads can be set only once per process (demo, tests).
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(1)
 
 
 def _log_name(batch: Any) -> str:

@@ -229,6 +229,7 @@ class LogFeeder:
             self.done.set()
 
     def _write(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
         halves: dict[str, list[list[bytes]]] = {}
         for log_name, (_, records) in self._parts.items():
             middle = len(records) // 2
