@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import structlog
 
+from sensor.contract import NOTICE_KINDS
 from sensor.errors import ConfigError
 from sensor.reader import read_log
 
@@ -284,7 +285,7 @@ def read_notices(files: Sequence[Path], *, allow: HostList) -> Notices:
     times: list[float] = []
     for path in files:
         for batch in read_log(path):
-            records = batch.records
+            records = _notices_only(batch.records)
             n = records.num_rows
             uid = _strings(records, "uid", n)
             src = _strings(records, "src", n)
@@ -310,6 +311,16 @@ def read_notices(files: Sequence[Path], *, allow: HostList) -> Notices:
         tuple(t for t in times if t == t),
         tuple(str(p) for p in files),
     )
+
+
+def _notices_only(records: pa.RecordBatch) -> pa.RecordBatch:
+    """Drop our notice log's control records (file open, rotate)."""
+    kind = _column(records, "kind")
+    if kind is None or "notice_id" not in records.schema.names:
+        return records
+    keep = pc.is_in(pc.cast(kind, pa.string()), pa.array(list(NOTICE_KINDS)))
+
+    return records.filter(pc.fill_null(keep, False))
 
 
 def _column(records: pa.RecordBatch, name: str) -> pa.Array | None:

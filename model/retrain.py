@@ -1061,16 +1061,18 @@ def _options(args: argparse.Namespace) -> Options:
 
     archives = [Path(a) for a in args.archive]
     if not archives and table.get("log_dir"):
-        # zeekctl: logs/current is the live folder, logs/ holds the archive.
-        archives = [Path(table["log_dir"]).resolve().parent]
+        # zeekctl: logs/current is the live folder (a symlink into the spool,
+        # so not resolved), and logs/ beside it holds the dated archive.
+        archives = [Path(table["log_dir"]).expanduser().absolute().parent]
     if not archives:
         raise ConfigError("no log archive given; pass --archive DIR")
 
     notice_logs = list(args.notice_log)
     if table.get("notice_dir"):
-        ours = Path(table["notice_dir"]) / "bflow_notice.log"
-        if ours.exists():
-            notice_logs.append(ours)
+        # Ours: the current file and its archived generations.
+        notice_dir = Path(table["notice_dir"])
+        notice_logs += sorted(notice_dir.glob("bflow_notice.log"))
+        notice_logs += sorted(notice_dir.glob("bflow_notice.[0-9]*.log"))
 
     allow = list(args.allow) + _lines(args.allow_file)
     deny = list(args.deny) + _lines(args.deny_file)

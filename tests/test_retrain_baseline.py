@@ -198,3 +198,80 @@ def test_missing_archive_is_a_clear_error(tmp_path: Path) -> None:
     """A wrong --archive path says what folder was expected."""
     with pytest.raises(ConfigError, match="is not a directory"):
         bl.discover([tmp_path / "nope"], ("conn",))
+
+
+def test_notices_written_by_the_daemon_are_read_back(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """Our notice log, rotated by its writer, names uids; control records don't."""
+    from sensor.notice import Notice, NoticeWriter
+
+    records = [
+        line.split("\t")
+        for line in (data_dir / "lab/mixed-2/zeek/conn.log").read_text().splitlines()
+        if not line.startswith("#")
+    ]
+    picked = [r for r in records if r[2] == "192.0.2.66"][:40]
+    path = tmp_path / "bflow_notice.log"
+    with NoticeWriter(path, max_bytes=4096, keep_files=100) as writer:
+        for r in picked:
+            writer.write_many(
+                [
+                    Notice(
+                        ts=float(r[0]),
+                        uid=r[1],
+                        orig_h=r[2],
+                        orig_p=int(r[3]),
+                        resp_h=r[4],
+                        resp_p=int(r[5]),
+                        proto=r[6],
+                        kind="flow",
+                        score=0.9,
+                        threshold=0.5,
+                        model_version="v1",
+                        msg="test",
+                    )
+                ]
+            )
+    files = sorted(tmp_path.glob("bflow_notice*.log"))
+    assert len(files) > 1, "the writer should have rotated at 4 KiB"
+
+    notices = bl.read_notices(files, allow=bl.HostList())
+
+    assert notices.uids == frozenset(r[1] for r in picked)
+    assert notices.hosts == frozenset({"192.0.2.66"})
+    assert len(notices.times) == len(picked)
+
+
+def test_retrain_options_follow_the_daemon_config(tmp_path: Path) -> None:
+    """--config finds the model, the dated archive beside logs/current, notices."""
+    from model.retrain import _options, _retrain_parser
+
+    logs = tmp_path / "zeek" / "logs"
+    spool = tmp_path / "zeek" / "spool" / "logger-1"
+    spool.mkdir(parents=True)
+    logs.mkdir()
+    (logs / "current").symlink_to(spool)
+    notices = tmp_path / "notices"
+    notices.mkdir()
+    for name in ("bflow_notice.log", "bflow_notice.000001.log", "other.log"):
+        (notices / name).write_text("")
+    models = tmp_path / "models"
+    models.mkdir()
+    config = tmp_path / "bflow.toml"
+    config.write_text(
+        f'log_dir = "{logs / "current"}"\n'
+        f'state_dir = "{tmp_path / "state"}"\n'
+        f'notice_dir = "{notices}"\n'
+        f'flow_model = "{models / "flow.pt"}"\n'
+    )
+
+    opts = _options(_retrain_parser().parse_args(["--config", str(config)]))
+
+    assert opts.model == models / "flow.pt"
+    assert opts.kind == "flow"
+    assert opts.archives == [logs]
+    assert [p.name for p in opts.notice_logs] == [
+        "bflow_notice.log",
+        "bflow_notice.000001.log",
+    ]
