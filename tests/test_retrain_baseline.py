@@ -218,7 +218,7 @@ def test_notices_written_by_the_daemon_are_read_back(
             writer.write_many(
                 [
                     Notice(
-                        ts=float(r[0]),
+                        ts=round(float(r[0]) * 1e6),
                         uid=r[1],
                         orig_h=r[2],
                         orig_p=int(r[3]),
