@@ -79,12 +79,15 @@ class CheckpointStore:
         self.files: dict[str, FileState] = {}
         # Wall-clock time of the last save, None before the first one.
         self.saved_at: float | None = None
+        # Wall-clock time of the last directory scan whose files the state
+        # covers: a file changed after it may hold records never seen.
+        self.scanned_at: float | None = None
         self._lock_fd: int | None = None
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
-            self.files, self.saved_at = self._load()
+            self.files, self.saved_at, self.scanned_at = self._load()
         except BaseException:
             self.close()
             raise
@@ -102,12 +105,12 @@ class CheckpointStore:
             ) from None
         self._lock_fd = fd
 
-    def _load(self) -> tuple[dict[str, FileState], float | None]:
+    def _load(self) -> tuple[dict[str, FileState], float | None, float | None]:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             log.info("checkpoint.new", state_file=str(self.path))
-            return {}, None
+            return {}, None, None
         except OSError as exc:
             raise CheckpointError(
                 f"cannot read state file {self.path}: {exc.strerror}; "
@@ -118,6 +121,8 @@ class CheckpointStore:
             doc = json.loads(raw)
             files = _parse_state(doc)
             saved_at = float(doc["saved_at"])
+            scanned = doc.get("scanned_at")
+            scanned_at = None if scanned is None else float(scanned)
         except (ValueError, TypeError, KeyError) as exc:
             raise CheckpointError(
                 f"state file {self.path} is corrupt ({exc}); it is written "
@@ -127,7 +132,7 @@ class CheckpointStore:
             ) from exc
 
         log.info("checkpoint.loaded", state_file=str(self.path), files=len(files))
-        return files, saved_at
+        return files, saved_at, scanned_at
 
     def get(self, key: str) -> FileState | None:
         """The state of the file with this key, or None if never committed."""
@@ -146,6 +151,7 @@ class CheckpointStore:
             "format": STATE_FORMAT,
             "version": STATE_VERSION,
             "saved_at": self.saved_at,
+            "scanned_at": self.scanned_at,
             "files": {key: asdict(st) for key, st in sorted(self.files.items())},
         }
         data = json.dumps(doc, indent=1).encode()

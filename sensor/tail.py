@@ -23,7 +23,7 @@ How files are followed:
 - A rotated or archived file whose key was never committed is read when
   `read_archive=True` (oldest first), when it appears in the watched
   directory while the tail runs, or when it was written to after the last
-  commit of the previous run (rotated while the daemon was down). Other
+  scan the previous run saved (rotated while the daemon was down). Other
   such files are history and are left alone; note that a history file that
   zeekctl archives while the tail runs looks new and is read. Archive files
   are read once their size has not changed for `finish_grace` seconds.
@@ -73,6 +73,7 @@ POLL_READ_BUDGET: Final = 16 << 20
 HEAD_LIMIT: Final = 1 << 20
 # Rescans asked for by events are spaced at least this far apart (seconds).
 MIN_RESCAN_GAP: Final = 0.05
+MTIME_SLACK_S: Final = 1.0
 # After a watch error that is not a kernel limit, try again this much later.
 WATCH_RETRY_S: Final = 30.0
 
@@ -246,7 +247,10 @@ class LogTailer:
         self.archive_dirs = tuple(Path(p) for p in archive_dirs)
 
         self._store = CheckpointStore(Path(state_file))
-        self._resume_after = self._store.saved_at
+        scanned = self._store.scanned_at
+        # Coarse file-system clocks: lean towards reading a file once more.
+        self._resume_after = None if scanned is None else scanned - MTIME_SLACK_S
+        self._scan_wall = 0.0
         self._files: list[_File] = []
         self._live: dict[str, _File] = {}
         self._keys_seen: set[str] = set()
@@ -309,6 +313,14 @@ class LogTailer:
                 cursor.offset, furthest.get(cursor.file_key, -1)
             )
 
+        # Files being read whose records are not committed yet are named in
+        # the state too (from offset 0), so a restart after they rotate
+        # away still reads them.
+        for f in self._files:
+            if f.decoder is None or f.key is None or f.key in furthest:
+                continue
+            if self._store.get(f.key) is None:
+                furthest[f.key] = 0
         for key, offset in furthest.items():
             known = self._store.get(key)
             if known is not None and known.offset == offset:
@@ -317,7 +329,8 @@ class LogTailer:
             self._store.update(key, FileState(offset, path=path, dev=dev, ino=ino))
             self._dirty = True
         self._mark_done()
-        if self._dirty:
+        if self._dirty or self._store.scanned_at != self._scan_wall:
+            self._store.scanned_at = self._scan_wall
             self._store.save()
             self._dirty = False
 
@@ -460,6 +473,7 @@ class LogTailer:
     def _rescan(self) -> None:
         self._rescan_asked = False
         self._last_rescan = time.monotonic()
+        self._scan_wall = time.time()
         self.stats.rescans += 1
         root = os.path.realpath(self.directory)
         if root != self._root:
@@ -651,7 +665,7 @@ class LogTailer:
             del self._settling[path]
 
         # An unknown rotated file is history unless it appeared while we
-        # ran, or was written to after the last commit of an earlier run.
+        # ran, or was written to after the last scan an earlier run saved.
         read_unknown = (
             self.read_archive
             or (not archive and ident not in self._startup_files)
