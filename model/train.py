@@ -130,13 +130,37 @@ class TrainConfig:
         """JSON-ready copy (tuples become lists)."""
         return json.loads(json.dumps(asdict(self)))
 
-    def key(self) -> str:
-        """Short hash of everything but the device, for checkpoint matching."""
+    def key(self, stage: int = 3) -> str:
+        """Short hash of the settings that shape stages 1..`stage`.
+
+        The device is left out. A checkpoint of stage 1 therefore still fits
+        when only flow or classifier settings changed, so ablations of the
+        later stages can reuse the earlier ones via `checkpoint_dir`.
+        """
         data = self.to_dict()
         data.pop("device")
-        text = json.dumps(data, sort_keys=True)
+        later = {
+            1: _FLOW_FIELDS | _CLASSIFIER_FIELDS,
+            2: _CLASSIFIER_FIELDS,
+            3: set(),
+        }[stage]
+        kept = {k: v for k, v in data.items() if k not in later}
+        text = json.dumps(kept, sort_keys=True)
 
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_FLOW_FIELDS = {"flow_blocks", "flow_hidden", "flow_clamp", "epochs_flow", "lr_flow"}
+_CLASSIFIER_FIELDS = {
+    "classifier_widths",
+    "classifier_dropout",
+    "noise_mean",
+    "noise_std",
+    "noise_quantile",
+    "epochs_clf",
+    "lr_clf",
+    "target_fpr",
+}
 
 
 @dataclass
@@ -294,7 +318,7 @@ class _Checkpoints:
 
     def __init__(self, directory: Path | None, cfg: TrainConfig) -> None:
         self.directory = directory
-        self.key = cfg.key()
+        self.keys = {f"stage{i}": cfg.key(i) for i in (1, 2, 3)}
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -305,7 +329,7 @@ class _Checkpoints:
         if not path.exists():
             return None
         state: dict[str, Any] = torch.load(path, map_location="cpu")
-        if state.get("key") != self.key:
+        if state.get("key") != self.keys[stage]:
             log.info("checkpoint.ignored", path=str(path), reason="config differs")
             return None
         log.info("checkpoint.resumed", path=str(path), epoch=state["epoch"])
@@ -317,7 +341,7 @@ class _Checkpoints:
             return
         path = self.directory / f"{stage}.pt"
         tmp = path.with_suffix(".pt.tmp")
-        torch.save({**state, "key": self.key}, tmp)
+        torch.save({**state, "key": self.keys[stage]}, tmp)
         tmp.replace(path)
 
 

@@ -126,6 +126,22 @@ def test_checkpoints_resume_a_finished_run(
     assert resumed.history == first.history
 
 
+def test_changing_only_the_noise_reuses_stages_one_and_two(
+    benign_packets: np.ndarray, tmp_path: Path
+) -> None:
+    """A new noise scale retrains only the classifier from the checkpoints."""
+    x, v = benign_packets[:400], benign_packets[400:500]
+    first = train_three_stage(
+        x, v, small_config(**_one_epoch()), checkpoint_dir=tmp_path
+    )
+    noisier = small_config(**_one_epoch(), noise_std=3.0)
+    second = train_three_stage(x, v, noisier, checkpoint_dir=tmp_path)
+    np.testing.assert_array_equal(first.latents(v), second.latents(v))
+    assert second.history["flow"] == first.history["flow"]
+    assert second.noise_std == 3.0
+    assert not np.allclose(first.score(v), second.score(v))
+
+
 def test_flow_kind_trains_on_conn_log_features(data_dir: Path) -> None:
     """The MLP variant trains on real conn.log features and scores them."""
     batches = [b.records for b in read_log(data_dir / "lab/benign-1/zeek/conn.log")]
