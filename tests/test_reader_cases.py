@@ -10,9 +10,17 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
+from structlog.testing import capture_logs
 
 from sensor.errors import LogFormatError
-from sensor.reader import KNOWN_SCHEMAS, Batch, LogDecoder, ReadStats, read_log
+from sensor.reader import (
+    KNOWN_SCHEMAS,
+    SKIP_LOG_LIMIT,
+    Batch,
+    LogDecoder,
+    ReadStats,
+    read_log,
+)
 
 
 def read(path: Path, **kwargs: Any) -> tuple[list[Batch], ReadStats]:
@@ -529,3 +537,62 @@ def test_case15_tab_after_separator_keyword(data_dir: Path) -> None:
     batches, stats = read(path)
     assert sum(b.records.num_rows for b in batches) > 0
     assert stats.skipped == 0
+
+
+# -- what is logged ---------------------------------------------------------
+
+
+def test_missing_fields_warned_once_per_file(cases_dir: Path) -> None:
+    """Absent conn fields give one warning per file that names them."""
+    path = cases_dir / "07-missing-optional-fields" / "conn_site_filtered.log"
+    data = path.read_bytes()
+    with capture_logs() as events:
+        decoder = LogDecoder(str(path), batch_size=1)
+        decoder.feed(data + data[data.index(b"\n1") + 1 :])
+        decoder.finish()
+    warnings = [e for e in events if e["event"] == "file.missing_fields"]
+    assert len(warnings) == 1
+    assert warnings[0]["file"] == str(path)
+    assert {"local_orig", "history", "tunnel_parents"} <= set(warnings[0]["fields"])
+
+
+def test_skipped_lines_logged_with_line_numbers_then_summarised() -> None:
+    """The first skips are logged with file and line; the rest are summed up."""
+    header = b"#separator \\x09\n#fields\ta\tb\n#types\tcount\tcount\n"
+    bad = b"".join(b"%d\n" % i for i in range(50))
+    with capture_logs() as events:
+        decoder = LogDecoder("bad.log")
+        decoder.feed(header + bad + b"1\t2\n")
+        batches = decoder.finish()
+    skipped = [e for e in events if e["event"] == "record.skipped"]
+    assert len(skipped) == SKIP_LOG_LIMIT
+    assert skipped[0]["line"] == 4 and skipped[0]["file"] == "bad.log"
+    summary = [e for e in events if e["event"] == "file.skipped_summary"]
+    assert summary and summary[0]["skipped"] == 50
+    assert decoder.stats.skipped == 50
+    assert [b.records.to_pylist() for b in batches] == [[{"a": 1, "b": 2}]]
+
+
+def test_unknown_type_read_as_string_with_one_warning() -> None:
+    """A field type not in the table becomes a string column, warned once."""
+    text = (
+        b"#separator \\x09\n#fields\tx\ty\n#types\topaque_thing\tcount\nabc\t1\n-\t2\n"
+    )
+    with capture_logs() as events:
+        decoder = LogDecoder("unknown.log")
+        batches = decoder.feed(text) + decoder.finish()
+        decoder = LogDecoder("unknown2.log")
+        decoder.feed(text)
+        decoder.finish()
+    assert batches[0].records.column("x").to_pylist() == ["abc", None]
+    assert batches[0].records.schema.field("x").type == pa.string()
+    unknown = [e for e in events if e["event"] == "type.unknown"]
+    assert len(unknown) == 1 and unknown[0]["zeek_type"] == "opaque_thing"
+
+
+def test_port_with_protocol_suffix() -> None:
+    """A port written as `443/tcp` reads as the number 443."""
+    text = b"#separator \\x09\n#fields\tp\n#types\tport\n443/tcp\n53/udp\n-\n"
+    decoder = LogDecoder("ports.log")
+    batches = decoder.feed(text) + decoder.finish()
+    assert batches[0].records.column("p").to_pylist() == [443, 53, None]
