@@ -249,3 +249,29 @@ def test_batches_are_bounded(data_dir: Path) -> None:
     path = data_dir / "zat" / "data" / "conn.log"
     sizes = [b.records.num_rows for b in read_log(path, batch_size=100)]
     assert max(sizes) == 100 and sum(sizes) > 100
+
+
+def test_after_close_keeps_late_lines(cases_dir: Path) -> None:
+    """With after_close, lines after #close are records of the last header."""
+    data = (cases_dir / CASES_FILES[0]).read_bytes()
+    late = data.splitlines(keepends=True)[8]
+    strict = LogDecoder("strict.log")
+    strict_rows = strict.feed(data + late) + strict.finish()
+    lenient = LogDecoder("tail.log", after_close=True)
+    lenient_rows = lenient.feed(data + late) + lenient.finish()
+    assert sum(b.records.num_rows for b in strict_rows) == 4
+    assert strict.stats.skipped == 1
+    assert sum(b.records.num_rows for b in lenient_rows) == 5
+    assert lenient.stats.skipped == 0
+
+
+def test_schema_metadata_names_the_log(cases_dir: Path) -> None:
+    """Each batch carries #path, #open, the format and a header fingerprint."""
+    batches = list(read_log(cases_dir / CASES_FILES[0]))
+    metadata = batches[0].records.schema.metadata
+    assert metadata[b"zeek.path"] == b"conn"
+    assert metadata[b"zeek.open"] == b"2026-12-04-10-00-00"
+    assert metadata[b"zeek.format"] == b"tsv"
+    assert len(metadata[b"zeek.fingerprint"]) == 16
+    field = batches[0].records.schema.field("tunnel_parents")
+    assert field.metadata[b"zeek_type"] == b"set[string]"
