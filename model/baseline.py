@@ -42,7 +42,7 @@ import pyarrow.compute as pc
 import structlog
 
 from sensor.contract import NOTICE_KINDS
-from sensor.errors import ConfigError
+from sensor.errors import BFlowError, ConfigError
 from sensor.reader import read_log
 
 log = structlog.get_logger(__name__)
@@ -284,7 +284,15 @@ def read_notices(files: Sequence[Path], *, allow: HostList) -> Notices:
     hosts: set[str] = set()
     times: list[float] = []
     for path in files:
-        for batch in read_log(path):
+        try:
+            batches = list(read_log(path))
+        except (OSError, BFlowError) as exc:
+            # Without it we cannot tell which hosts to leave out: stop.
+            raise ConfigError(
+                f"notice log {str(path)!r} cannot be read ({exc}); retraining "
+                "without it could learn attacks as normal. Fix or move the file"
+            ) from None
+        for batch in batches:
             records = _notices_only(batch.records)
             n = records.num_rows
             uid = _strings(records, "uid", n)
@@ -404,6 +412,7 @@ def select(
             "files",
             "files_duplicate",
             "files_wrong_path",
+            "files_unreadable",
             "records_read",
             "records_outside_window",
             "records_no_ts",
@@ -432,7 +441,22 @@ def select(
             log.warning("file.wrong_path", path=str(entry.path), declared=declared)
             continue
 
-        file_counts = _read_one(entry.path, lo, hi, notices, deny, kept, bad, counts)
+        file_kept: list[pa.Table] = []
+        file_bad: list[pa.Table] = []
+        file_stats = dict.fromkeys(counts, 0)
+        try:
+            file_counts = _read_one(
+                entry.path, lo, hi, notices, deny, file_kept, file_bad, file_stats
+            )
+        except (OSError, BFlowError) as exc:
+            # One bad file costs its records, not the retraining.
+            counts["files_unreadable"] += 1
+            log.warning("file.unreadable", path=str(entry.path), error=str(exc))
+            continue
+        kept += file_kept
+        bad += file_bad
+        for key, value in file_stats.items():
+            counts[key] += value
         counts["files"] += 1
         files.append(
             {"path": str(entry.path), "sha256": _file_hash(entry.path)} | file_counts

@@ -17,6 +17,7 @@ service, each with its gate report (JSON) and training report (PNG)::
 """
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -82,6 +83,31 @@ def temp_beside(target: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def model_lock(live: Path) -> Iterator[None]:
+    """Hold the lock of one live model path for a retraining or a rollback.
+
+    Two of them at once (the timer and a person) would race to replace the
+    model; the second one fails at once instead of waiting.
+
+    Raises:
+        ConfigError: another process holds the lock.
+    """
+    path = live.with_name(f".{live.name}.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"another `bflow retrain` or `bflow rollback` is working on "
+                f"{str(live)!r} (it holds {str(path)!r}); wait for it to end"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def install(source: Path, target: Path) -> None:

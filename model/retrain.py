@@ -34,7 +34,14 @@ import pyarrow as pa
 import structlog
 
 from model import baseline as bl
-from model.promote import History, HistoryEntry, install, safe_version, write_json
+from model.promote import (
+    History,
+    HistoryEntry,
+    install,
+    model_lock,
+    safe_version,
+    write_json,
+)
 from sensor.errors import BFlowError, ConfigError, ModelError
 
 log = structlog.get_logger(__name__)
@@ -435,9 +442,15 @@ def retrain(opts: Options) -> Outcome:
     """Select, train, calibrate, gate and (maybe) promote one candidate.
 
     Raises:
-        BFlowError: bad settings, too little clean data, or a model that
-            cannot be written; the model in service is untouched.
+        BFlowError: bad settings, too little clean data, another retraining
+            of the same model running, or a model that cannot be written;
+            the model in service is untouched.
     """
+    with model_lock(opts.model):
+        return _retrain(opts)
+
+
+def _retrain(opts: Options) -> Outcome:
     started = time.monotonic()
     current = _load_current(opts.model)
     kind = opts.kind or (current.metadata.kind if current else None)
@@ -885,6 +898,11 @@ def rollback(model: Path, *, to: str | None = None) -> HistoryEntry:
         ConfigError: nothing to roll back to, or no such version.
         ModelError: the kept file no longer loads (it is not installed).
     """
+    with model_lock(model):
+        return _rollback(model, to)
+
+
+def _rollback(model: Path, to: str | None) -> HistoryEntry:
     from model.artifact import load_model
 
     history = History(model)

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from model.promote import History, file_sha256, install, safe_version, write_json
+from model.promote import (
+    History,
+    file_sha256,
+    install,
+    model_lock,
+    safe_version,
+    write_json,
+)
 from sensor.errors import ConfigError
 
 
@@ -109,3 +116,17 @@ def test_write_json_is_whole_or_absent(tmp_path: Path) -> None:
 
     assert target.read_text() == '{\n  "a": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_second_worker_on_one_model_is_refused(tmp_path: Path) -> None:
+    """While one retraining holds a model's lock, another fails at once."""
+    live = tmp_path / "flow.pt"
+
+    with (
+        model_lock(live),
+        pytest.raises(ConfigError, match="another `bflow retrain`"),
+        model_lock(live),
+    ):
+        pass
+    with model_lock(live):
+        pass

@@ -395,7 +395,8 @@ def test_gate_rejects_candidate_and_keeps_the_model_in_service(
     rejected = models / "history" / "rejected"
     assert (rejected / f"flow-{report['version']}.json").is_file()
     assert not list(rejected.glob("*.pt"))
-    assert not [p for p in models.iterdir() if p.name.startswith(".")]
+    leftovers = [p.name for p in models.iterdir() if p.name.startswith(".")]
+    assert leftovers == [".flow.pt.lock"]
 
 
 @pytest.fixture(scope="module")

@@ -275,3 +275,33 @@ def test_retrain_options_follow_the_daemon_config(tmp_path: Path) -> None:
         "bflow_notice.log",
         "bflow_notice.000001.log",
     ]
+
+
+def test_unreadable_log_is_skipped_and_counted(tmp_path: Path, data_dir: Path) -> None:
+    """A file that is not a Zeek log costs its own records, nothing more."""
+    day = tmp_path / "2026-12-04"
+    day.mkdir()
+    shutil.copy(
+        data_dir / "lab/benign-1/zeek/conn.log", day / "conn.17:00:00-18:00:00.log"
+    )
+    (day / "conn.18:00:00-19:00:00.log").write_text("stdout of a cron job\n")
+
+    sel = bl.select(
+        [tmp_path],
+        log_path="conn",
+        now=datetime(2026, 12, 5, tzinfo=UTC),
+        window=timedelta(days=7),
+    )
+
+    assert sel.counts["files_unreadable"] == 1
+    assert sel.counts["files"] == 1
+    assert sel.baseline.num_rows + sel.holdout.num_rows == 414
+
+
+def test_unreadable_notice_log_stops_the_retraining(tmp_path: Path) -> None:
+    """Without its notices the baseline could hold attacks, so it is an error."""
+    bad = tmp_path / "notice.log"
+    bad.write_text("this is not a Zeek log\n")
+
+    with pytest.raises(ConfigError, match="could learn attacks as normal"):
+        bl.read_notices([bad], allow=bl.HostList())
