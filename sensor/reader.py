@@ -36,7 +36,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from os import PathLike
 from typing import IO, Any, BinaryIO, Final
@@ -211,6 +211,13 @@ class _Header:
     @property
     def ready(self) -> bool:
         return self.fields is not None
+
+
+def _next_hash_line(chunk: bytes, start: int) -> int | None:
+    """Start of the next line after `start` that begins with `#`, if any."""
+    found = chunk.find(b"\n#", start)
+
+    return None if found < 0 else found + 1
 
 
 def _decode_meta(value: bytes) -> str:
@@ -391,23 +398,21 @@ class LogDecoder:
         batches: list[Batch] = []
         run_start = 0
         run_line = first_line
-        hash_at = 0 if chunk.startswith(b"#") else chunk.find(b"\n#") + 1
-        while hash_at > 0 or (hash_at == 0 and chunk.startswith(b"#")):
-            end = chunk.index(b"\n", hash_at)
-            line = chunk[hash_at:end]
+        at = 0 if chunk.startswith(b"#") else _next_hash_line(chunk, 0)
+        while at is not None:
+            end = chunk.index(b"\n", at)
+            line = chunk[at:end]
             if self._is_header(line):
-                if hash_at > run_start:
-                    run = chunk[run_start:hash_at]
+                if at > run_start:
+                    run = chunk[run_start:at]
                     count = run.count(b"\n")
                     batches += self._append_run(run, base + run_start, run_line, count)
                     run_line += count
                 batches += self._emit_pending(everything=True)
-                self._header_line(line, base + end + 1)
+                self._header_line(line)
                 run_start = end + 1
                 run_line += 1
-            hash_at = chunk.find(b"\n#", end) + 1
-            if hash_at == 0:
-                break
+            at = _next_hash_line(chunk, end)
         if run_start == 0:
             return self._append_run(chunk, base, first_line, lines)
         if run_start < len(chunk):
@@ -454,7 +459,7 @@ class LogDecoder:
         sep = self._header.separator
         return line[1:].split(sep, 1)[0] in _HEADER_KEYS
 
-    def _header_line(self, line: bytes, end: int) -> None:
+    def _header_line(self, line: bytes) -> None:
         line = line.removesuffix(b"\r")
         if line.startswith(b"#separator"):
             # A new header block: forget everything the last one said.
@@ -475,17 +480,11 @@ class LogDecoder:
         if key == b"close":
             self.closed = True
         elif key == b"set_separator":
-            header.markers = Markers(
-                header.markers.unset, header.markers.empty, unescape(value)
-            )
+            header.markers = replace(header.markers, set_separator=unescape(value))
         elif key == b"empty_field":
-            header.markers = Markers(
-                header.markers.unset, unescape(value), header.markers.set_separator
-            )
+            header.markers = replace(header.markers, empty=unescape(value))
         elif key == b"unset_field":
-            header.markers = Markers(
-                unescape(value), header.markers.empty, header.markers.set_separator
-            )
+            header.markers = replace(header.markers, unset=unescape(value))
         elif key == b"path":
             header.path = _decode_meta(value)
         elif key == b"open":
