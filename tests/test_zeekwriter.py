@@ -209,3 +209,41 @@ def test_packet_log_from_contract(tmp_path: Path) -> None:
         b"80/tcp", b"T",
     ]  # fmt: skip
     assert lines[9].startswith(b"#close\t")
+
+
+@pytest.mark.parametrize("port_proto", [True, False])
+def test_project_reader_reads_written_packet_log(
+    tmp_path: Path, port_proto: bool
+) -> None:
+    """The daemon's own reader gets back what the writer wrote, tricky text too."""
+    from sensor.reader import read_log
+
+    fmt = LogFormat.from_fields(
+        PACKET_LOG_PATH, PACKET_LOG_FIELDS, port_proto=port_proto
+    )
+    records = [
+        {
+            "ts": 1_700_000_000_000_001 + i,
+            "uid": f"C\t-{i}\\x41é" if i else "-",
+            "id.orig_h": "2001:db8::1",
+            "id.orig_p": (1234 + i, "tcp"),
+            "id.resp_h": "192.0.2.7",
+            "id.resp_p": (443, "tcp"),
+            "is_orig": bool(i % 2),
+            "pkt_index": i,
+            "link_type": "LINK_ETHERNET",
+            "wire_len": 60 + i,
+            "frame": "AAAA",
+        }
+        for i in range(3)
+    ]
+    write_log(tmp_path / "bflow_packet.log", fmt, records)
+
+    batches = list(read_log(tmp_path / "bflow_packet.log"))
+    got = [r for b in batches for r in b.records.to_pylist()]
+
+    assert [r["uid"] for r in got] == [r["uid"] for r in records]
+    assert [r["id.orig_p"] for r in got] == [1234, 1235, 1236]
+    assert [r["is_orig"] for r in got] == [False, True, False]
+    assert [r["id.orig_h"] for r in got] == ["2001:db8::1"] * 3
+    assert [r["wire_len"] for r in got] == [60, 61, 62]
