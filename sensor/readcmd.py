@@ -4,7 +4,7 @@ A quick check that the reader understands a site's logs:
 
     bflow read conn.log                       # a table of the first records
     bflow read --format jsonl --limit 5 conn.log.gz
-    bflow read --format summary logs/*.log    # path, records, skipped, schema
+    bflow read --format summary logs/         # path, records, skipped, schema
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 from sensor.errors import LogFormatError
@@ -30,7 +31,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Read Zeek logs (TSV or JSON, plain or gzip) and print "
         "their records.",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE", help="Zeek log files")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        metavar="FILE",
+        help="Zeek log files; a folder means the *.log* files in it",
+    )
     parser.add_argument(
         "--format",
         choices=FORMATS,
@@ -145,13 +151,29 @@ def _print_summary(path: str, batches: Iterable[Batch], stats: ReadStats) -> Non
     print(json.dumps(summary), file=sys.stdout)
 
 
+def _expand(paths: list[str]) -> list[str]:
+    """Files as given; a folder stands for the `*.log*` files inside it."""
+    files: list[str] = []
+    for path in paths:
+        if Path(path).is_dir():
+            files += sorted(
+                str(p)
+                for p in Path(path).rglob("*.log*")
+                if p.is_file() and not p.name.startswith(".")
+            )
+        else:
+            files.append(path)
+
+    return files
+
+
 def main(argv: list[str]) -> int:
     """Run `bflow read`; exit 1 when a file could not be read."""
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 0:
         raise SystemExit("error: --limit must be 0 or more")
     failed = False
-    for path in args.files:
+    for path in _expand(args.files):
         stats = ReadStats()
         batches = read_log(
             path, batch_size=args.batch_size, log_path=args.log_path, stats=stats

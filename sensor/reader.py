@@ -433,7 +433,7 @@ class LogDecoder:
             ):
                 # Blank, or a comment such as btest's `### BTest baseline`.
                 continue
-            if stripped.startswith(b"#"):
+            if self._is_header(stripped):
                 self.format = "tsv"
             elif stripped.startswith(b"{"):
                 self.format = "json"
@@ -446,8 +446,9 @@ class LogDecoder:
             else:
                 raise LogFormatError(
                     f"{self.source}: not a Zeek log: the first line "
-                    f"({stripped[:60]!r}) is neither a '#' header (TSV) "
-                    "nor a JSON object; give a Zeek TSV or JSON log"
+                    f"({stripped[:60]!r}) is neither a Zeek header line "
+                    "(#separator, #fields ...) nor a JSON object; give a "
+                    "Zeek TSV or JSON log"
                 )
             return
 

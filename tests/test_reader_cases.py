@@ -596,3 +596,11 @@ def test_port_with_protocol_suffix() -> None:
     decoder = LogDecoder("ports.log")
     batches = decoder.feed(text) + decoder.finish()
     assert batches[0].records.column("p").to_pylist() == [443, 53, None]
+
+
+def test_markdown_is_not_a_zeek_log(tmp_path: Path) -> None:
+    """A text file starting with `# Title` is refused, not read as a header."""
+    path = tmp_path / "notes.log"
+    path.write_text("# Sample logs\n\nSome words.\n")
+    with pytest.raises(LogFormatError, match="not a Zeek log"):
+        read(path)

@@ -89,3 +89,20 @@ def test_command_runs_as_a_program(cases_dir: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["records"] == 6
+
+
+def test_folder_means_its_logs(
+    tmp_path: Path, cases_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder argument reads the *.log* files inside it, in name order."""
+    case = cases_dir / "07-missing-optional-fields"
+    for path in sorted(case.glob("*.log")):
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "README.md").write_text("# not a log\n")
+    assert bflow(["read", "--format", "summary", str(tmp_path)]) == 0
+    summaries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [Path(s["path"]).name for s in summaries] == [
+        "conn_older_layout.log",
+        "conn_site_filtered.log",
+    ]
+    assert all(s["records"] == 1 for s in summaries)
