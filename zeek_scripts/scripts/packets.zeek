@@ -96,7 +96,7 @@ function sample_packet(c: connection, is_orig: bool, payload_len: count)
 	local hdr = get_current_packet_header();
 	local frame = pkt$data;
 	if ( |frame| > snap_len )
-		frame = sub_bytes(frame, 1, snap_len);
+		frame = frame[:snap_len];
 
 	Log::write(BFlow::PACKET_LOG, PacketInfo($ts=network_time(), $uid=c$uid,
 	    $id=c$id, $is_orig=is_orig, $pkt_index=index, $link_type=fmt("%s",
