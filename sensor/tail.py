@@ -21,12 +21,13 @@ How files are followed:
   file, and the later `.gz` copy of a file already read is skipped.
 - A live file seen for the first time is read from its first byte.
 - A rotated or archived file whose key was never committed is read when
-  `read_archive=True` (oldest first), when it appears in the watched
-  directory while the tail runs, or when it was written to after the last
-  scan the previous run saved (rotated while the daemon was down). Other
-  such files are history and are left alone; note that a history file that
-  zeekctl archives while the tail runs looks new and is read. Archive files
-  are read once their size has not changed for `finish_grace` seconds.
+  `read_archive=True` (oldest first), when it first appears while the tail
+  runs, or when it was written to after the last scan the previous run
+  saved (rotated while the daemon was down); the copy of a file already read
+  is recognised by its key and skipped. Other such files are history and
+  are not even opened; a history file that zeekctl archives while the tail
+  runs looks new, though, and is read. Archive files are read once their
+  size has not changed for `finish_grace` seconds.
 - Gzip is recognised by its magic bytes and decompressed as a stream, so a
   live log that Zeek compresses while writing is followed like any other.
 - Filesystem events (watchdog) only wake the loop early. A `stat` rescan every
@@ -251,6 +252,10 @@ class LogTailer:
         # Coarse file-system clocks: lean towards reading a file once more.
         self._resume_after = None if scanned is None else scanned - MTIME_SLACK_S
         self._scan_wall = 0.0
+        # Inodes of files the state has not seen to their end.
+        self._resumable = {
+            (st.dev, st.ino) for st in self._store.files.values() if not st.done
+        }
         self._files: list[_File] = []
         self._live: dict[str, _File] = {}
         self._keys_seen: set[str] = set()
@@ -544,8 +549,10 @@ class LogTailer:
         except OSError:
             return []
         if not self._first_scan:
-            # Only the newest folders gain files; the rest were seen once.
-            days = days[-2:]
+            # Only the newest folders gain files; older ones are looked at
+            # again only while a file there waits to settle.
+            waiting = {os.path.basename(os.path.dirname(p)) for p in self._settling}
+            days = [d for d in days[:-2] if d in waiting] + days[-2:]
         out = []
         for day in days:
             folder = os.path.join(archive, day)
@@ -640,7 +647,7 @@ class LogTailer:
         if not stat_mod.S_ISREG(st.st_mode):
             return
         ident = (st.st_dev, st.st_ino)
-        if self._first_scan and not archive:
+        if self._first_scan:
             self._startup_files.add(ident)
         for f in self._files:
             if (f.dev, f.ino) == ident:
@@ -650,6 +657,21 @@ class LogTailer:
                 return
         signature = (st.st_size, st.st_mtime_ns)
         if ident in self._bad or self._passed.get(ident) == signature:
+            return
+
+        # An unknown rotated file is history unless it appeared while we
+        # ran, or was written to after the last scan an earlier run saved.
+        read_unknown = (
+            self.read_archive
+            or ident not in self._startup_files
+            or (self._resume_after is not None and st.st_mtime > self._resume_after)
+        )
+        if not read_unknown and ident not in self._resumable:
+            # History, and not a file the state knows under this inode:
+            # leave it unopened (a years-old archive is not probed).
+            self._passed[ident] = signature
+            self.stats.archives_ignored += 1
+            log.debug("file.not_read", path=path, why="history")
             return
 
         if archive:
@@ -664,13 +686,6 @@ class LogTailer:
                 return
             del self._settling[path]
 
-        # An unknown rotated file is history unless it appeared while we
-        # ran, or was written to after the last scan an earlier run saved.
-        read_unknown = (
-            self.read_archive
-            or (not archive and ident not in self._startup_files)
-            or (self._resume_after is not None and st.st_mtime > self._resume_after)
-        )
         opened = self._open(path, log_name, live=False, read_unknown=read_unknown)
         if opened is not None:
             opened.archive = archive

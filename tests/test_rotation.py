@@ -211,3 +211,51 @@ def test_history_left_alone_without_read_archive(
     assert len(uids) == 2 and max(uids.values()) == 1
     assert t.stats.archives_ignored >= 6
     assert live.exists()
+
+
+def test_file_archived_while_down_resumed_from_gzip(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """A half-read file rotated and gzipped while the daemon was down resumes."""
+    import gzip
+
+    source = data_dir / "lab" / "benign-3" / "zeek" / "conn.log"
+    lines = source.read_bytes().splitlines(keepends=True)
+    header = b"".join(
+        line
+        for line in lines
+        if line.startswith(b"#") and not line.startswith(b"#close")
+    )
+    rows = [line for line in lines if not line.startswith(b"#")]
+    folder, state = tmp_path / "spool", tmp_path / "state.json"
+    folder.mkdir()
+    live = folder / "conn.log"
+    live.write_bytes(header + b"".join(rows[:100]))
+
+    def run() -> Counter[str]:
+        uids: Counter[str] = Counter()
+        with LogTailer(
+            folder,
+            state_file=state,
+            log_paths=("conn",),
+            poll_interval=POLL,
+            finish_grace=GRACE,
+        ) as tailer:
+            follow(tailer, uids, 3 * GRACE + 0.5)
+        return uids
+
+    first = run()
+    with open(live, "ab") as out:
+        out.write(b"".join(rows[100:150]) + b"#close\t2026-12-04-11-00-00\n")
+    day = folder / "logs" / "2026-12-04"
+    day.mkdir(parents=True)
+    archived = day / "conn.10:00:00-11:00:00.log.gz"
+    archived.write_bytes(gzip.compress(live.read_bytes()))
+    live.unlink()
+    second = run()
+
+    def uid(line: bytes) -> str:
+        return line.split(b"\t")[1].decode()
+
+    assert first == Counter(uid(r) for r in rows[:100])
+    assert second == Counter(uid(r) for r in rows[100:150])
