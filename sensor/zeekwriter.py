@@ -468,15 +468,22 @@ def double_value(column: Column, value: object) -> float | None:
 
 def escape_text(value: str | bytes, *, in_set: bool = False) -> bytes:
     """Escape text for a Zeek string field (or a set/vector element)."""
-    raw = (
-        value if isinstance(value, bytes) else value.encode("utf-8", "surrogateescape")
-    )
+    raw = value if isinstance(value, bytes) else _utf8(value)
     if raw == b"-":
         return b"\\x2d"
     if raw == EMPTY_FIELD:
         return b"\\x28empty)"
 
     return _escape(raw, _ELEMENT_ESCAPE if in_set else _TEXT_ESCAPE)
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # A lone surrogate (e.g. from broken JSON) cannot be UTF-8; keep a
+        # visible trace of it rather than fail the record.
+        return text.encode("utf-8", "backslashreplace")
 
 
 def _escape(raw: bytes, pattern: re.Pattern[bytes]) -> bytes:
@@ -571,7 +578,8 @@ def _truncate(column: Column, value: object) -> bytes:
     pieces: list[bytes] = []
     used = 0
     for unit in raw:
-        piece = escape_text(unit if isinstance(unit, str) else bytes([unit]))
+        unit_bytes = _utf8(unit) if isinstance(unit, str) else bytes([unit])
+        piece = _escape(unit_bytes, _TEXT_ESCAPE)
         if used + len(piece) > room:
             break
         pieces.append(piece)

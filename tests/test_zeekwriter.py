@@ -247,3 +247,14 @@ def test_project_reader_reads_written_packet_log(
     assert [r["is_orig"] for r in got] == [False, True, False]
     assert [r["id.orig_h"] for r in got] == ["2001:db8::1"] * 3
     assert [r["wire_len"] for r in got] == [60, 61, 62]
+
+
+def test_odd_text_never_breaks_a_line() -> None:
+    """Lone surrogates and long dashed text are written, one line, no crash."""
+    fmt = LogFormat("x", [Column("n", "count"), Column("s", "string", max_bytes=40)])
+
+    odd = fmt.line({"n": 1, "s": "a\ud800b"})
+    cut = fmt.line({"n": 1, "s": "-" * 100})
+
+    assert odd.count(b"\n") == 1 and b"\\x5cud800" in odd
+    assert cut == b"1\t" + b"-" * 37 + b"...\n"
