@@ -19,7 +19,7 @@ from sensor.contract import (
     PACKETS_PER_DIRECTION,
     SNAP_LEN,
 )
-from sensor.notice import NoticeWriter
+from sensor.notice import NOTICE_FORMAT, NoticeWriter, read_notices
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "zeek_scripts" / "scripts"
 MAIN = (SCRIPTS / "main.zeek").read_text()
@@ -140,3 +140,19 @@ def test_every_kind_has_a_notice_type() -> None:
 def test_notice_log_ends_in_kind() -> None:
     """The last notice field is the never-empty kind (see contract.py for why)."""
     assert NOTICE_LOG_FIELDS[-1].name == "kind"
+
+
+def test_btest_notice_files_match_contract() -> None:
+    """The canned notice logs of the btests are in the contract's format."""
+    canned = SCRIPTS.parent / "tests" / "notices"
+    fields = "\t".join(f.name for f in NOTICE_LOG_FIELDS)
+
+    for name in ("gen1.log", "gen2.log", "many.log"):
+        text = (canned / name).read_text()
+        assert f"#fields\t{fields}\n" in text, name
+        assert [r["kind"] for r in read_notices(canned / name)][0] == "open"
+    for name in ("gen1.rotate", "gen2.append", "many.append"):
+        line = (canned / name).read_bytes()
+        assert NOTICE_FORMAT.decode(line)["kind"] in NOTICE_KINDS + (
+            NOTICE_CONTROL_KINDS
+        ), name
