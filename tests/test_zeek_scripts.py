@@ -56,3 +56,21 @@ def test_zkg_meta() -> None:
     assert "btest" in package["test_command"]
     assert "zeek >=" in package["depends"]
     assert package["description"].strip() and package["tags"].strip()
+
+
+def test_btest_packet_expectation_is_the_python_sampler() -> None:
+    """The btest's expected packet records are what the pcap path samples now."""
+    import base64
+
+    from model.features.pcap import sample_pcap
+
+    tests = PACKAGE / "tests"
+    rows = []
+    for r in sample_pcap(tests / "Traces" / "irc-basic.pcap").to_pylist():
+        values = [r[k] for k in ("id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p")]
+        values += ["T" if r["is_orig"] else "F", r["pkt_index"], r["link_type"]]
+        values += [r["wire_len"], base64.b64encode(r["frame"]).decode()]
+        rows.append("\t".join(map(str, values)))
+
+    expected = (tests / "packets" / "irc-basic.expected").read_text()
+    assert "\n".join(sorted(rows)) + "\n" == expected
