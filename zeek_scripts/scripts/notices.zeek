@@ -121,11 +121,7 @@ function generation_of(control_id: string): count
 ## Where the daemon archives the file of a generation.
 function archived_path(generation: count): string
 	{
-	local number = fmt("%d", generation);
-	while ( |number| < 6 )
-		number = "0" + number;
-
-	return fmt("%s.%s.log", sub(notice_log, /\.log$/, ""), number);
+	return fmt("%s.%06d.log", sub(notice_log, /\.log$/, ""), generation);
 	}
 
 function save_state()
