@@ -93,8 +93,6 @@ _TEXT_FIELDS: Final = frozenset(
         "community_id",
         "orig_l2_addr",
         "resp_l2_addr",
-        "link_type",
-        "frame",
     }
 )
 
@@ -130,12 +128,16 @@ CONN_FIELDS: Final = (
 )
 
 
-def _known_schema(fields: tuple[tuple[str, str], ...]) -> pa.Schema:
+def _known_schema(
+    fields: tuple[tuple[str, str], ...], text_fields: frozenset[str]
+) -> pa.Schema:
     columns = []
     for name, zeek_type in fields:
         arrow = arrow_type(zeek_type)
-        if name in _TEXT_FIELDS:
-            arrow = pa.list_(pa.string()) if pa.types.is_list(arrow) else pa.string()
+        if name in text_fields and arrow == pa.binary():
+            arrow = pa.string()
+        elif name in text_fields and arrow == pa.list_(pa.binary()):
+            arrow = pa.list_(pa.string())
         columns.append(pa.field(name, arrow, metadata={"zeek_type": zeek_type}))
 
     return pa.schema(columns)
@@ -147,10 +149,14 @@ _NEWER_FIELDS: Final = frozenset(
     {"ip_proto", "orig_l2_addr", "resp_l2_addr", "vlan", "inner_vlan", "community_id"}
 )
 
+# Our packet log writes only ASCII in its string fields (`frame` is base64),
+# so all of them are text.
+_PACKET_FIELDS: Final = tuple((f.name, f.zeek_type) for f in PACKET_LOG_FIELDS)
+
 KNOWN_SCHEMAS: Final[dict[str, pa.Schema]] = {
-    "conn": _known_schema(CONN_FIELDS),
+    "conn": _known_schema(CONN_FIELDS, _TEXT_FIELDS),
     PACKET_LOG_PATH: _known_schema(
-        tuple((f.name, f.zeek_type) for f in PACKET_LOG_FIELDS)
+        _PACKET_FIELDS, frozenset(name for name, _ in _PACKET_FIELDS)
     ),
 }
 
