@@ -69,6 +69,7 @@ log = structlog.get_logger(__name__)
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 READ_CHUNK: Final = 1 << 20
+GZIP_PIECE: Final = 4 << 10
 POLL_READ_BUDGET: Final = 16 << 20
 # A header longer than this is not waited for: the key is its first bytes.
 HEAD_LIMIT: Final = 1 << 20
@@ -602,10 +603,13 @@ class LogTailer:
             else:
                 return
 
-        if st is None or not stat_mod.S_ISREG(st.st_mode):
+        if st is None:
             return
         ident = (st.st_dev, st.st_ino)
         if ident in self._bad:
+            return
+        if not stat_mod.S_ISREG(st.st_mode):
+            self._report_bad(path, None, "not a regular file")
             return
         for f in self._files:
             if (f.dev, f.ino) == ident:
@@ -775,30 +779,41 @@ class LogTailer:
             if f.is_gzip:
                 f.gunzip = zlib.decompressobj(wbits=31)
 
-        if f.is_gzip:
-            try:
-                data = self._gunzip(f, data)
-            except zlib.error as exc:
-                self.stats.gzip_errors += 1
-                log.error("gzip.corrupt", path=f.path, offset=f.raw_pos, error=str(exc))
-                batches = self._finish(f)
-                self._bad.add((f.dev, f.ino))
-                return batches
+        if not f.is_gzip:
+            return self._feed(f, data)
 
-        return self._feed(f, data)
+        out: list[bytes] = []
+        try:
+            self._gunzip(f, data, out)
+        except zlib.error as exc:
+            # Whole lines decoded before the damage are kept; the rest of
+            # the file is given up.
+            batches = self._feed(f, b"".join(out))
+            self.stats.gzip_errors += 1
+            log.error("gzip.corrupt", path=f.path, offset=f.raw_pos, error=str(exc))
+            f.gzip_open = False
+            batches += self._finish(f)
+            self._bad.add((f.dev, f.ino))
+            return batches
 
-    def _gunzip(self, f: _File, data: bytes) -> bytes:
-        """Decompress one more piece of a (multi-member) gzip stream."""
-        out = []
-        while data:
-            out.append(f.gunzip.decompress(data))
-            f.gzip_open = not f.gunzip.eof
-            if not f.gunzip.eof:
-                break
-            data = f.gunzip.unused_data
-            f.gunzip = zlib.decompressobj(wbits=31)
+        return self._feed(f, b"".join(out))
 
-        return b"".join(out)
+    def _gunzip(self, f: _File, data: bytes, out: list[bytes]) -> None:
+        """Decompress more of a (multi-member) gzip stream into `out`.
+
+        Input goes in small pieces, so that what came out before a damaged
+        spot is already in `out` when zlib raises.
+        """
+        view = memoryview(data)
+        while view:
+            piece, view = view[:GZIP_PIECE], view[GZIP_PIECE:]
+            while piece:
+                out.append(f.gunzip.decompress(piece))
+                f.gzip_open = not f.gunzip.eof
+                if not f.gunzip.eof:
+                    break
+                piece = memoryview(f.gunzip.unused_data)
+                f.gunzip = zlib.decompressobj(wbits=31)
 
     def _feed(self, f: _File, data: bytes) -> list[Batch]:
         """Decompressed bytes: find the file's key first, then decode."""

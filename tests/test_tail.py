@@ -645,3 +645,32 @@ def test_lag_counts_unread_bytes(
     assert lag.bytes == len(more)
     assert lag.seconds >= 0.3
     assert after.bytes == 0 and after.seconds == 0
+
+
+def test_fifo_and_corrupt_gzip_reported_and_skipped(
+    tmp_path: Path, data_dir: Path, lab: tuple[bytes, list[bytes]]
+) -> None:
+    """A FIFO and a corrupt gzip each give one error; other logs go on."""
+    packed = bytearray((data_dir / "zat" / "data" / "http.log.gz").read_bytes())
+    # Flip bytes in the middle of the deflate stream.
+    middle = len(packed) // 2
+    packed[middle : middle + 16] = bytes(b ^ 0xFF for b in packed[middle : middle + 16])
+    header, rows = lab
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    os.mkfifo(folder / "dns.log")
+    (folder / "http.log").write_bytes(bytes(packed))
+
+    with tailer(
+        folder, tmp_path / "state.json", log_paths=("conn", "http", "dns")
+    ) as t:
+        f = Follower(t)
+        f.poll_for(0.5)
+        (folder / "conn.log").write_bytes(header + b"".join(rows[:5]))
+        f.until(lambda: len([u for u in f.uids if u in {uid_of(r) for r in rows}]) == 5)
+        f.poll_for(0.5)
+
+    http = [item for item in f.batches if item.batch.log_path == "http"]
+    assert 0 < sum(item.batch.records.num_rows for item in http) < 150
+    assert t.stats.gzip_errors == 1
+    assert t.stats.bad_files == 1
