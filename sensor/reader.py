@@ -15,7 +15,8 @@ Rules the decoder keeps (cases 01-07, 10, 11 and 15 in `shared/cases`):
 - A line with the wrong number of fields, a value that does not parse, a
   data line before any `#fields` or after `#close` is skipped, counted in
   `stats` and logged with file and line number (the first few per file,
-  then a summary). Blank lines are counted apart and otherwise ignored.
+  then a summary). Blank lines are counted apart and otherwise ignored; a
+  line longer than `MAX_LINE` is skipped without being held in memory.
 - Logs named in `KNOWN_SCHEMAS` ("conn", our packet log) come out with that
   schema whatever the file holds: known fields first in schema order, with
   all-null columns (and one warning per file) for those the file lacks, then
@@ -64,6 +65,8 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_BATCH_SIZE: Final = 65536
 READ_CHUNK: Final = 1 << 20
+# Zeek's own lines are far shorter; this only bounds memory on bad input.
+MAX_LINE: Final = 64 << 20
 # Skipped lines logged one by one per file; after that only the summary.
 SKIP_LOG_LIMIT: Final = 10
 
@@ -258,6 +261,7 @@ class LogDecoder:
         log_path: str | None = None,
         skip_until: int = 0,
         after_close: bool = False,
+        max_line: int = MAX_LINE,
     ) -> None:
         """Set up a decoder.
 
@@ -273,6 +277,8 @@ class LogDecoder:
                 header, as records of the header before it (the live tail:
                 a writer that kept its descriptor appends after rotation);
                 by default they are skipped and counted.
+            max_line: longest line held while waiting for its end; a longer
+                one is skipped and counted, so memory stays bounded.
 
         Raises:
             ValueError: batch_size is not positive.
@@ -289,7 +295,10 @@ class LogDecoder:
         self.stats = ReadStats()
         self.format: str | None = None
 
+        self.max_line = max_line
         self._tail = bytearray()
+        self._discarding = False
+        self._discarded = 0
         self._line_no = 0
         self._header = _Header()
         self._pending: list[bytes] = []
@@ -312,9 +321,22 @@ class LogDecoder:
         Raises:
             LogFormatError: the stream is not a Zeek log (first line).
         """
+        if self._discarding:
+            # Inside a line too long to hold: drop bytes up to its end.
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._discarded += len(data)
+                return []
+            self.offset += self._discarded + newline + 1
+            self._line_no += 1
+            self._discarding = False
+            self._discarded = 0
+            data = data[newline + 1 :]
         last = data.rfind(b"\n")
         if last < 0:
             self._tail += data
+            if len(self._tail) > self.max_line:
+                return self._start_discarding()
             return []
         if self._tail:
             self._tail += data[: last + 1]
@@ -333,6 +355,16 @@ class LogDecoder:
         self._tail += rest
 
         return self._take_lines(chunk)
+
+    def _start_discarding(self) -> list[Batch]:
+        """Give up a line longer than `max_line`: skip it, count it."""
+        batches = self._emit_pending(everything=True)
+        self._skip(self._line_no + 1, f"line longer than {self.max_line} bytes")
+        self._discarding = True
+        self._discarded = len(self._tail)
+        self._tail.clear()
+
+        return batches
 
     def flush(self) -> list[Batch]:
         """Emit every complete record held so far, even if a batch is short."""

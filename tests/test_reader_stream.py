@@ -289,3 +289,22 @@ def test_schema_metadata_names_the_log(cases_dir: Path) -> None:
     assert len(metadata[b"zeek.fingerprint"]) == 16
     field = batches[0].records.schema.field("tunnel_parents")
     assert field.metadata[b"zeek_type"] == b"set[string]"
+
+
+def test_overlong_line_skipped_memory_bounded(cases_dir: Path) -> None:
+    """A line longer than max_line is dropped and counted, not held."""
+    data = (cases_dir / CASES_FILES[0]).read_bytes()
+    lines = data.splitlines(keepends=True)
+    header, good = b"".join(lines[:8]), lines[8]
+    decoder = LogDecoder("long.log", max_line=500)
+    batches = decoder.feed(header)
+    for _ in range(20):
+        batches += decoder.feed(b"x" * 100)
+        assert len(decoder._tail) <= 600
+    stream = header + b"x" * 2000 + b"\n" + good
+    batches += decoder.feed(b"\n" + good) + decoder.finish()
+    assert [r["uid"] for b in batches for r in b.records.to_pylist()] == [
+        "CAb3xK2mQ9vTz1Lp7e"
+    ]
+    assert decoder.stats.skipped == 1 and decoder.stats.errors == 0
+    assert batches[-1].end_offset == decoder.offset == len(stream)
