@@ -436,3 +436,85 @@ def test_rollback_restores_the_previous_file_and_back(
 
     with pytest.raises(ConfigError, match="no kept model with version 'nope'"):
         rollback_main(["--model", str(live), "--to", "nope"])
+
+
+def test_packet_model_retrains_from_the_packet_log(tmp_path: Path) -> None:
+    """The packet log path: noticed hosts' packets left out, a packet model gated."""
+    import base64
+
+    from model.features.pcap import sample_pcap
+    from sensor.contract import PACKET_LOG_FIELDS, PACKET_LOG_PATH
+    from sensor.zeekwriter import LogFormat, write_log
+
+    torch.set_num_threads(1)
+    fmt = LogFormat.from_fields(PACKET_LOG_PATH, PACKET_LOG_FIELDS, port_proto=False)
+    logs = tmp_path / "logs"
+    expected_out = 0
+    for run, days in (("mixed-1", 0), ("benign-1", 1), ("benign-2", 2)):
+        records = sample_pcap(DATA / "lab" / run / f"{run}.pcap").to_pylist()
+        for record in records:
+            record["ts"] += days * DAY
+            # The Zeek script logs frames base64-encoded.
+            record["frame"] = base64.b64encode(record["frame"]).decode()
+            expected_out += ATTACKER in (record["id.orig_h"], record["id.resp_h"])
+        start = datetime.fromtimestamp(records[0]["ts"], UTC)
+        folder = logs / f"{start:%Y-%m-%d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_log(folder / f"bflow_packet.{start:%H}:00:00-23:00:00.log", fmt, records)
+    scan = 1796404117.314194
+    (logs / "2026-12-04" / "notice.17:00:00-18:00:00.log").write_text(
+        ZEEK_NOTICE_HEADER
+        + f"{scan:.6f}\t-\t-\t-\t-\t-\t-\ttcp\tScan::Port_Scan\tscan\tlocal\t"
+        f"{ATTACKER}\t{SERVER}\t-\t-\t-\tNotice::ACTION_LOG\t3600.000000\n"
+    )
+    settings = tmp_path / "train.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "epochs_ae": 2,
+                "epochs_flow": 2,
+                "epochs_clf": 2,
+                "min_steps": 40,
+                "conv_channels": [8, 16],
+                "disc_channels": [8, 16],
+                "latent_dim": 16,
+            }
+        )
+    )
+    models = tmp_path / "models"
+    models.mkdir()
+
+    code = retrain_main(
+        [
+            "--model",
+            str(models / "packet.pt"),
+            "--kind",
+            "packet",
+            "--archive",
+            str(logs),
+            "--now",
+            "2026-12-07T00:00:00Z",
+            "--allow",
+            OWN_HOSTS,
+            "--target-fpr",
+            "0.01",
+            "--train-config",
+            str(settings),
+            "--dry-run",
+        ]
+    )
+
+    report = json.loads((models / "packet.retrain.json").read_text())
+    counts = report["data"]["counts"]
+    assert report["kind"] == "packet"
+    assert counts["records_noticed_host"] == expected_out > 0
+    assert [g["name"] for g in report["gates"]] == [
+        "holdout_fpr",
+        "separation",
+        "schema",
+        "vs_current",
+    ]
+    # A dry run decides but never installs, whatever the gates said.
+    assert report["decision"].startswith("dry-run")
+    assert code == (EXIT_PROMOTED if "would promote" in report["decision"] else 1)
+    assert not (models / "packet.pt").exists()
