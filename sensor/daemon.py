@@ -106,6 +106,7 @@ class Daemon:
         self.pipeline = Pipeline(self._load_models())
         self._stop_reason: str | None = None
         self._reload_requested = False
+        self._baseline_saved = False
         self._refused: dict[str, tuple[int, int, int, int]] = {}
 
     def _load_models(self) -> list[Scorer]:
@@ -295,6 +296,13 @@ class Daemon:
     def _step(self, tailer: Any, writer: Any, ledger: Ledger | None) -> int:
         """One poll: score, write notices, commit. Returns records read."""
         polled = tailer.poll(self.config.poll_interval)
+        if not self._baseline_saved:
+            # Before the first batch is scored, have the tailer write down
+            # the files it has opened (at offset 0) and when it looked: if
+            # this run dies before its first real commit and the logs then
+            # rotate, the next run still reads the rotated files.
+            tailer.commit([])
+            self._baseline_saved = True
         if not polled:
             return 0
 
