@@ -222,6 +222,13 @@ class _Header:
         return self.fields is not None
 
 
+def _json_object(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
 def _next_hash_line(chunk: bytes, start: int) -> int | None:
     """Start of the next line after `start` that begins with `#`, if any."""
     found = chunk.find(b"\n#", start)
@@ -473,7 +480,7 @@ class LogDecoder:
                 continue
             if self._is_header(stripped):
                 self.format = "tsv"
-            elif stripped.startswith(b"{"):
+            elif stripped.startswith(b"{") and _json_object(stripped):
                 self.format = "json"
             elif stripped.startswith(b"ts\t") or stripped == b"ts":
                 raise LogFormatError(
@@ -485,8 +492,8 @@ class LogDecoder:
                 raise LogFormatError(
                     f"{self.source}: not a Zeek log: the first line "
                     f"({stripped[:60]!r}) is neither a Zeek header line "
-                    "(#separator, #fields ...) nor a JSON object; give a "
-                    "Zeek TSV or JSON log"
+                    "(#separator, #fields ...) nor a whole JSON object (Zeek "
+                    "writes one per line); give a Zeek TSV or JSON log"
                 )
             return
 

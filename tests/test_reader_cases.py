@@ -618,3 +618,10 @@ def test_markdown_is_not_a_zeek_log(tmp_path: Path) -> None:
     path.write_text("# Sample logs\n\nSome words.\n")
     with pytest.raises(LogFormatError, match="not a Zeek log"):
         read(path)
+
+
+def test_pretty_printed_json_is_not_a_zeek_log(data_dir: Path) -> None:
+    """Multi-line JSON (one object over many lines) is refused as a whole."""
+    path = data_dir / "lab" / "benign-1" / "stats.json"
+    with pytest.raises(LogFormatError, match="whole JSON object"):
+        read(path)
