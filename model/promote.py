@@ -93,10 +93,18 @@ def model_lock(live: Path) -> Iterator[None]:
     model; the second one fails at once instead of waiting.
 
     Raises:
-        ConfigError: another process holds the lock.
+        ConfigError: another process holds the lock, or the model directory
+            is missing or read-only.
     """
     path = live.with_name(f".{live.name}.lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {str(path)!r} ({exc.strerror}); the model "
+            f"directory {str(live.parent)!r} must exist and be writable by "
+            "this user"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -42,11 +42,13 @@ from model.promote import (
     safe_version,
     write_json,
 )
+from sensor.contract import PACKET_LOG_PATH
 from sensor.errors import BFlowError, ConfigError, ModelError
 
 log = structlog.get_logger(__name__)
 
-LOG_OF_KIND = {"flow": "conn", "packet": "bflow_packet"}
+# The log each feature kind is trained on.
+LOG_OF_KIND = {"flow": "conn", "packet": PACKET_LOG_PATH}
 
 EXIT_PROMOTED = 0
 EXIT_REJECTED = 1
@@ -345,7 +347,9 @@ class Features:
         self.schema = schema
 
     @classmethod
-    def fit(cls, kind: str, table: pa.Table, settings: dict[str, Any] | None) -> Any:
+    def fit(
+        cls, kind: str, table: pa.Table, settings: dict[str, Any] | None
+    ) -> "Features":
         """Fit a new schema on training records, keeping the old settings.
 
         Settings (flow: `use_direction`, `max_vocab`, `min_count`; packet:
@@ -404,7 +408,12 @@ class Features:
 
 @dataclass
 class Options:
-    """Everything one `bflow retrain` needs, already validated."""
+    """Everything one `bflow retrain` needs, already validated.
+
+    `holdout` is the share of the newest clean records (by `ts`) kept out of
+    training for the gates; `val_fraction` the share of the rest, by
+    connection, that sets the threshold.
+    """
 
     model: Path
     kind: str | None
@@ -748,6 +757,7 @@ def _run_gates(
             gate=gate.name,
             verdict={True: "pass", False: "fail", None: "skipped"}[gate.passed],
             reason=gate.reason,
+            value=gate.value,
         )
 
     return gates, scores

@@ -130,3 +130,12 @@ def test_second_worker_on_one_model_is_refused(tmp_path: Path) -> None:
         pass
     with model_lock(live):
         pass
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """A model path in a folder that does not exist names the folder."""
+    with (
+        pytest.raises(ConfigError, match="must exist and be writable"),
+        model_lock(tmp_path / "nope" / "flow.pt"),
+    ):
+        pass
