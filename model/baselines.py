@@ -349,3 +349,60 @@ class ZatMatrix:
 
     def transform(self, df: pd.DataFrame) -> Array:
         return np.asarray(self._impl.transform(df), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class DetectionMetrics:
+    """Ranking and threshold figures of one detector on one test set."""
+
+    auroc: float
+    auprc: float
+    tpr_at_1pct_fpr: float
+    fpr_at_threshold: float = float("nan")
+
+
+def tpr_at_fpr(
+    normal: npt.NDArray[np.float64], anomalous: npt.NDArray[np.float64], fpr: float
+) -> float:
+    """Share of anomalies scored above the (1 - fpr) quantile of normal scores.
+
+    Ties at the cut count as not detected, so a constant score gives 0.
+    """
+    if normal.size == 0 or anomalous.size == 0:
+        return float("nan")
+    ranked = np.sort(normal)[::-1]
+    allowed = int(np.floor(fpr * normal.size))
+    cut = ranked[allowed] if allowed < normal.size else -np.inf
+
+    return float(np.mean(anomalous > cut))
+
+
+def detection_metrics(
+    normal: npt.NDArray[np.float64],
+    anomalous: npt.NDArray[np.float64],
+    threshold: float | None = None,
+) -> DetectionMetrics:
+    """AUROC, AUPRC (anomaly = positive), TPR at 1 % FPR, FPR at threshold.
+
+    Args:
+        normal: scores of normal test samples.
+        anomalous: scores of anomalous test samples.
+        threshold: a calibrated threshold (score >= threshold is flagged);
+            its FPR is measured on `normal`.
+    """
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    if normal.size == 0 or anomalous.size == 0:
+        nan = float("nan")
+        return DetectionMetrics(nan, nan, nan, nan)
+    y = np.concatenate([np.zeros(normal.size), np.ones(anomalous.size)])
+    s = np.concatenate([normal, anomalous]).astype(np.float64)
+    s = np.nan_to_num(s, nan=np.inf, posinf=np.finfo(np.float64).max)
+    fpr_thr = float("nan") if threshold is None else float(np.mean(normal >= threshold))
+
+    return DetectionMetrics(
+        auroc=float(roc_auc_score(y, s)),
+        auprc=float(average_precision_score(y, s)),
+        tpr_at_1pct_fpr=tpr_at_fpr(normal, anomalous, 0.01),
+        fpr_at_threshold=fpr_thr,
+    )

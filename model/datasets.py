@@ -275,3 +275,124 @@ def write_split(
         for name, ids in parts.items():
             for i in ids:
                 fh.write(f"{name}\t{labels[int(i)].key}\n")
+
+
+# Captures that connections.tsv leaves out because they hold no eligible
+# packet; labels/RULES.md gives every connection of each one label.
+WHOLE_CAPTURE_LABELS: Final = {
+    "chrissanders-packets/synscan.pcapng": (ATTACK, "portscan"),
+    "esnet-curated-pcaps/attacks/scanners/masscan/tcp_0_1000_20190821.pcap": (
+        ATTACK,
+        "portscan",
+    ),
+    "esnet-curated-pcaps/attacks/scanners/nmap/nmap_80_vanilla.pcap": (
+        ATTACK,
+        "portscan",
+    ),
+    "malcolm-pcap/pcaps/plugins/SIGred/sigxploit.pcap": (ATTACK, "sigred"),
+    "malcolm-pcap/pcaps/plugins/bro-simple-scan/445_scan.pcap": (ATTACK, "portscan"),
+    "malcolm-pcap/pcaps/plugins/bro-simple-scan/port_scan.pcap": (ATTACK, "portscan"),
+    "chrissanders-packets/arp_resolution.pcapng": (BENIGN, "-"),
+    "chrissanders-packets/dns_axfr.pcapng": (BENIGN, "-"),
+    "chrissanders-packets/dns_lab.pcapng": (BENIGN, "-"),
+    "chrissanders-packets/dns_query_response.pcapng": (BENIGN, "-"),
+    "chrissanders-packets/dns_tcp.pcapng": (BENIGN, "-"),
+    "chrissanders-packets/passiveosfingerprinting.pcapng": (BENIGN, "-"),
+    "chrissanders-packets/tcp_handshake.pcapng": (BENIGN, "-"),
+    "zeek-btest/Traces/dns53.pcap": (BENIGN, "-"),
+}
+
+
+def zeek_log_dir(data_dir: Path, pcap: str) -> Path:
+    """Folder of Zeek's logs for a capture in `zeek-generated/`."""
+    stem = pcap
+    for ext in (".gz", ".pcapng", ".pcap", ".trace"):
+        stem = stem.removesuffix(ext)
+
+    return data_dir / "zeek-generated" / stem
+
+
+def read_conn_log(path: Path) -> pa.Table:
+    """A whole conn.log as one table (through `sensor.reader`)."""
+    from sensor.reader import read_log
+
+    batches = [b.records for b in read_log(path)]
+    if not batches:
+        raise ConfigError(f"{path}: no conn.log records; is it an empty log?")
+
+    return pa.Table.from_batches(batches)
+
+
+def _text(table: pa.Table, name: str) -> list[str]:
+    values = table.column(name).to_pylist()
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+
+
+def conn_keys(table: pa.Table, pcap: str) -> list[str]:
+    """The label key of each conn.log record (see `ConnLabel.key`)."""
+    ts = table.column("ts").cast(pa.int64()).to_numpy(zero_copy_only=False)
+    proto = _text(table, "proto")
+    orig_h, resp_h = _text(table, "id.orig_h"), _text(table, "id.resp_h")
+    orig_p = table.column("id.orig_p").to_pylist()
+    resp_p = table.column("id.resp_p").to_pylist()
+
+    return [
+        f"{pcap}\t{t}\t{p}\t{oh}\t{op}\t{rh}\t{rp}"
+        for t, p, oh, op, rh, rp in zip(
+            ts, proto, orig_h, orig_p, resp_h, resp_p, strict=True
+        )
+    ]
+
+
+@dataclass
+class FlowSet:
+    """conn.log records of many captures with their labels."""
+
+    records: pa.Table
+    pcap: npt.NDArray[np.str_]
+    label: npt.NDArray[np.str_]
+    family: npt.NDArray[np.str_]
+
+
+def flow_set(
+    data_dir: Path,
+    labels: Sequence[ConnLabel],
+    conn_log: dict[str, Path],
+    *,
+    whole_capture: dict[str, tuple[str, str]] | None = None,
+) -> FlowSet:
+    """Label the conn.log records of captures by exact key.
+
+    Args:
+        data_dir: `shared/data`.
+        labels: label rows; a record with no row is labeled "" (counted).
+        conn_log: capture (as named in the labels) -> its conn.log.
+        whole_capture: captures whose every record takes one label.
+    """
+    by_key = {r.key: r for r in labels}
+    whole = whole_capture or {}
+    tables = []
+    pcaps: list[str] = []
+    label: list[str] = []
+    family: list[str] = []
+    for pcap, path in sorted(conn_log.items()):
+        table = read_conn_log(path)
+        keys = conn_keys(table, pcap)
+        rows = [by_key.get(k) for k in keys]
+        unmatched = sum(r is None for r in rows) if pcap not in whole else 0
+        if unmatched:
+            log.info("labels.unmatched", conn_log=str(path), records=unmatched)
+        for r in rows:
+            lab, fam = whole.get(pcap, ("", "")) if r is None else (r.label, r.family)
+            label.append(lab)
+            family.append(fam)
+        pcaps += [pcap] * table.num_rows
+        tables.append(table)
+    records = pa.concat_tables(tables, promote_options="permissive")
+
+    return FlowSet(
+        records=records,
+        pcap=np.array(pcaps, dtype=str),
+        label=np.array(label, dtype=str),
+        family=np.array(family, dtype=str),
+    )
