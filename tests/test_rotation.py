@@ -67,13 +67,24 @@ def simulate(
             tailer = start()
         while writer.poll() is None:
             follow(tailer, uids, POLL)
-        # Long enough to finish the last file and to see (and skip) the
-        # archive copies once their size has settled.
-        follow(tailer, uids, 3 * GRACE + 1.0)
+        expected = (folder / "expected_uids.txt").read_text().split()
+        deadline = time.monotonic() + 10
+        while not set(uids) >= set(expected) and time.monotonic() < deadline:
+            follow(tailer, uids, POLL)
+        # Long enough to finish the last file, for anything that would come
+        # twice to come, and to see the archive copies settle.
+        archives = 3 if "--archive" in options else 0
+        deadline = time.monotonic() + 3 * GRACE + 1.0
+        while time.monotonic() < deadline and (
+            tailer.stats.files_finished < 3
+            or tailer.stats.duplicates_skipped + tailer.stats.archives_ignored
+            < archives
+        ):
+            follow(tailer, uids, POLL)
+        follow(tailer, uids, GRACE)
     finally:
         writer.wait()
         tailer.close()
-    expected = (folder / "expected_uids.txt").read_text().split()
 
     return uids, expected, tailer
 
