@@ -607,7 +607,9 @@ def test_archive_file_read_only_once_stable(
     packed = gzip.compress(header + b"".join(rows[:100]))
     target = day / "conn.10:00:00-11:00:00.log.gz"
 
-    with tailer(folder, tmp_path / "state.json", read_archive=True) as t:
+    # The pauses between pieces (0.25 s) are well inside finish_grace.
+    state = tmp_path / "state.json"
+    with tailer(folder, state, read_archive=True, finish_grace=1.5) as t:
         f = Follower(t)
         for start in range(0, len(packed), len(packed) // 4 + 1):
             append(target, packed[start : start + len(packed) // 4 + 1])
