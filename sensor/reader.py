@@ -152,6 +152,21 @@ _NEWER_FIELDS: Final = frozenset(
     {"ip_proto", "orig_l2_addr", "resp_l2_addr", "vlan", "inner_vlan", "community_id"}
 )
 
+# Fields a known TSV log cannot do without: a file lacking one is refused
+# (a JSON record merely lacking the key has them unset, as Zeek means it).
+REQUIRED_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "conn": ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "proto"),
+    PACKET_LOG_PATH: (
+        "ts",
+        "uid",
+        "id.orig_h",
+        "id.orig_p",
+        "id.resp_h",
+        "id.resp_p",
+        "frame",
+    ),
+}
+
 # Our packet log writes only ASCII in its string fields (`frame` is base64),
 # so all of them are text.
 _PACKET_FIELDS: Final = tuple((f.name, f.zeek_type) for f in PACKET_LOG_FIELDS)
@@ -640,11 +655,13 @@ class LogDecoder:
         if self.stats.skipped <= SKIP_LOG_LIMIT:
             log.warning("record.skipped", file=self.source, line=line_no, reason=reason)
 
-    def _warn_once(self, key: str, event: str, **details: Any) -> None:
+    def _warn_once(
+        self, key: str, event: str, *, level: str = "warning", **details: Any
+    ) -> None:
         if key in self._warned:
             return
         self._warned.add(key)
-        log.warning(event, file=self.source, **details)
+        getattr(log, level)(event, file=self.source, **details)
 
     # -- TSV --------------------------------------------------------------
 
@@ -838,6 +855,20 @@ class LogDecoder:
         length = len(next(iter(arrays.values()))) if arrays else 0
         if known is not None:
             missing = [f.name for f in known if f.name not in arrays]
+            name_of_log = log_path or ""
+            required = [f for f in REQUIRED_FIELDS[name_of_log] if f in missing]
+            if required and self.format == "tsv":
+                raise LogFormatError(self._required_message(name_of_log, required))
+            extra = [name for name in arrays if name not in known.names]
+            if extra:
+                self._warn_once(
+                    "extra-" + ",".join(extra),
+                    "file.extra_fields",
+                    level="info",
+                    log_path=log_path,
+                    fields=extra,
+                    action="kept after the known fields",
+                )
             if set(missing) - _NEWER_FIELDS:
                 self._warn_once(
                     "missing-" + ",".join(missing),
@@ -880,6 +911,23 @@ class LogDecoder:
         schema = pa.schema(fields, metadata=metadata)
 
         return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    def _required_message(self, log_path: str, required: list[str]) -> str:
+        header = self._header.fields or []
+        hint = ""
+        if "id_orig_h" in header:
+            hint = (
+                " (its fields are named like id_orig_h: the log was written "
+                'with Log::default_scope_sep = "_")'
+            )
+        elif "src" in header or "dst" in header:
+            hint = " (its fields look renamed by a Log::Filter field_name_map)"
+
+        return (
+            f"{self.source}: this {log_path} log lacks the fields "
+            f"{', '.join(required)}, which a {log_path} log must have{hint}; "
+            "log them under their standard Zeek names"
+        )
 
     def _conform(self, known_field: pa.Field, values: pa.Array) -> pa.Array:
         try:

@@ -625,3 +625,22 @@ def test_pretty_printed_json_is_not_a_zeek_log(data_dir: Path) -> None:
     path = data_dir / "lab" / "benign-1" / "stats.json"
     with pytest.raises(LogFormatError, match="whole JSON object"):
         read(path)
+
+
+def test_case07_required_field_missing_is_refused(cases_dir: Path) -> None:
+    """A conn log without a field it cannot do without is one clear error."""
+    source = cases_dir / "07-missing-optional-fields" / "conn_site_filtered.log"
+    lines = source.read_bytes().splitlines(keepends=True)
+    # Drop the `proto` column from the header and the record alike.
+    cut = []
+    for line in lines:
+        if line.startswith((b"#fields", b"#types")) or not line.startswith(b"#"):
+            parts = line.rstrip(b"\n").split(b"\t")
+            index = lines[6].split(b"\t").index(b"proto")
+            del parts[index]
+            line = b"\t".join(parts) + b"\n"
+        cut.append(line)
+    decoder = LogDecoder("no-proto.log")
+    with pytest.raises(LogFormatError, match="lacks the fields proto"):
+        decoder.feed(b"".join(cut))
+        decoder.finish()

@@ -18,6 +18,7 @@ import structlog
 from zat.log_to_dataframe import LogToDataFrame
 from zat.zeek_log_reader import ZeekLogReader
 
+from sensor.errors import LogFormatError
 from sensor.reader import KNOWN_SCHEMAS, ReadStats, read_log
 
 BRO_20_CONN = (
@@ -130,11 +131,30 @@ def test_btest_masked_times_skipped_and_counted(data_dir: Path) -> None:
     assert stats.skipped == data_lines(path) + 1
 
 
-def test_renamed_id_fields_are_extras(data_dir: Path, tmp_path: Path) -> None:
-    """`Log::default_scope_sep = "_"` names are kept, not guessed to be id.*."""
+@pytest.mark.parametrize(
+    ("test", "hint"),
+    [
+        ("scripts.base.frameworks.logging.scope_sep", "default_scope_sep"),
+        ("scripts.base.frameworks.logging.field-name-map", "field_name_map"),
+    ],
+)
+def test_renamed_id_fields_refused_with_a_reason(
+    data_dir: Path, tmp_path: Path, test: str, hint: str
+) -> None:
+    """A conn.log whose id fields were renamed is refused, saying why."""
+    source = data_dir / BASELINE / test / "conn.log"
+    with pytest.raises(LogFormatError, match=hint) as raised:
+        load(unmasked(source, tmp_path))
+    assert "id.orig_h" in str(raised.value)
+
+
+def test_renamed_fields_readable_as_another_log(data_dir: Path, tmp_path: Path) -> None:
+    """The same file read under another log path keeps every field by name."""
     source = data_dir / BASELINE / "scripts.base.frameworks.logging.scope_sep/conn.log"
-    records, _ = load(unmasked(source, tmp_path))
-    assert records and all(r["id.orig_h"] is None for r in records)
+    path = unmasked(source, tmp_path)
+    renamed = tmp_path / "renamed.log"
+    renamed.write_bytes(path.read_bytes().replace(b"#path\tconn", b"#path\tmy_conn"))
+    records, _ = load(renamed)
     assert records[0]["id_orig_h"] == "173.192.163.128"
 
 
