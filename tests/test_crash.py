@@ -46,23 +46,23 @@ def test_kill_9_at_random_points_loses_and_repeats_nothing(
     """After 20 kill -9s and restarts every notice is there once, every record too."""
     seed = int(os.environ.get("BFLOW_CRASH_SEED", "20261204"))
     rng = random.Random(seed)
-    feeder = LogFeeder(tmp_path / "logs", copies=COPIES, chunks=100, pause=0.25)
+    feeder = LogFeeder(tmp_path / "logs", copies=COPIES, chunks=KILLS // 2)
     args = ("--batch-size=16",)
     delays = []
 
-    feeder.start()
-    for _ in range(KILLS):
+    # Before each run one more piece of the logs is appended (the rotation
+    # falls halfway); the run is killed at a random moment after its first
+    # commit, while it is still working through what it found.
+    for _ in feeder.steps():
         daemon = DaemonProcess(tmp_path, tiny_models, *args)
         try:
             daemon.start().wait_ready()
-            # Kill once this run has committed something, at a random
-            # moment of the ingestion that follows.
-            _wait_for_growth(daemon.ledger, timeout=20)
+            _wait_for_growth(daemon.ledger, timeout=30)
             delays.append(rng.uniform(0.0, 0.3))
             time.sleep(delays[-1])
         finally:
             daemon.close()
-    feeder.join(120)
+    assert len(delays) == KILLS
 
     final = DaemonProcess(tmp_path, tiny_models, *args, "--stop-when-idle=3")
     try:

@@ -222,13 +222,19 @@ class LogFeeder:
 
     def _run(self) -> None:
         try:
-            self._write()
+            for _ in self.steps():
+                time.sleep(self.pause)
         except BaseException as exc:  # reported by join()
             self.error = exc
         finally:
             self.done.set()
 
-    def _write(self) -> None:
+    def steps(self) -> Iterator[None]:
+        """Write the logs one append at a time, yielding after each.
+
+        Without the thread (`start`), a test can drive the writes itself:
+        `for _ in feeder.steps(): ...`.
+        """
         self.directory.mkdir(parents=True, exist_ok=True)
         halves: dict[str, list[list[bytes]]] = {}
         for log_name, (_, records) in self._parts.items():
@@ -247,7 +253,7 @@ class LogFeeder:
                     lo = len(blob) * step // self.chunks
                     hi = len(blob) * (step + 1) // self.chunks
                     handles[log_name].write(blob[lo:hi])
-                time.sleep(self.pause)
+                yield
             for log_name, handle in handles.items():
                 handle.write(f"#close\t{stamp}\n".encode())
                 handle.close()
