@@ -20,7 +20,9 @@ Rules the decoder keeps (cases 01-07, 10, 11 and 15 in `shared/cases`):
 - Logs named in `KNOWN_SCHEMAS` ("conn", our packet log) come out with that
   schema whatever the file holds: known fields first in schema order, with
   all-null columns (and one warning per file) for those the file lacks, then
-  the file's extra fields in file order.
+  the file's extra fields in file order. A TSV file of such a log that
+  lacks one of its `REQUIRED_FIELDS` (e.g. written with renamed id fields)
+  is refused with a `LogFormatError` that says which and why.
 - JSON lines: keys are the flat dotted Zeek names; an absent key, `null`
   and unset are the same. Zeek's JSON writer escapes bytes it will not put
   in JSON as the text `\\xNN`; the decoder turns those into bytes in every
