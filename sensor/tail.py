@@ -75,6 +75,8 @@ POLL_READ_BUDGET: Final = 16 << 20
 HEAD_LIMIT: Final = 1 << 20
 # Rescans asked for by events are spaced at least this far apart (seconds).
 MIN_RESCAN_GAP: Final = 0.05
+# File-system clocks are coarse: a file changed up to this long before the
+# last saved scan still counts as changed after it.
 MTIME_SLACK_S: Final = 1.0
 # After a watch error that is not a kernel limit, try again this much later.
 WATCH_RETRY_S: Final = 30.0
@@ -158,17 +160,22 @@ class _File:
     # Read it even if its key was never committed (False: resume only).
     read_unknown: bool
     archive: bool = False
+    # Bytes read through the descriptor (compressed ones for gzip).
     raw_pos: int = 0
     is_gzip: bool | None = None
     raw_head: bytes = b""
     gunzip: Any = None
+    # Inside a gzip member: the stream ending here means it was cut.
     gzip_open: bool = False
+    # Decompressed bytes held back until the file's key is known.
     head: bytearray = field(default_factory=bytearray)
     key: str | None = None
     head_len: int = 0
     decoder: LogDecoder | None = None
     skip_until: int = 0
+    # End offset of the last batch handed out (or where reading resumed).
     emitted_end: int = 0
+    # Decompressed bytes given to the decoder, and up to the last newline.
     fed: int = 0
     fed_to_newline: int = 0
     last_data: float = field(default_factory=time.monotonic)
@@ -628,9 +635,26 @@ class LogTailer:
         self._live.pop(f.path, None)
         f.live = False
         f.last_data = time.monotonic()
-        self.stats.rotations += 1
-        event = "file.rotated" if replaced else "file.moved_away"
-        log.info(event, path=f.path, offset=f.raw_pos)
+        try:
+            deleted = os.fstat(f.fd).st_nlink == 0
+        except OSError:
+            deleted = False
+
+        if deleted and replaced:
+            self.stats.replacements += 1
+            event = "file.replaced"
+        elif deleted:
+            event = "file.deleted"
+        else:
+            self.stats.rotations += 1
+            event = "file.rotated" if replaced else "file.moved_away"
+        log.info(event, path=f.path, offset=f.raw_pos, size=self._size(f))
+
+    def _size(self, f: _File) -> int | None:
+        try:
+            return os.fstat(f.fd).st_size
+        except OSError:
+            return None
 
     def _head_changed(self, f: _File) -> bool:
         """True when the first bytes of a plain file are no longer its key's."""

@@ -676,3 +676,30 @@ def test_fifo_and_corrupt_gzip_reported_and_skipped(
     assert 0 < sum(item.batch.records.num_rows for item in http) < 150
     assert t.stats.gzip_errors == 1
     assert t.stats.bad_files == 1
+
+
+def test_replaced_file_noticed_and_both_read(
+    tmp_path: Path, lab: tuple[bytes, list[bytes]], ssh: tuple[bytes, list[bytes]]
+) -> None:
+    """A new file renamed over the live one is a replacement: old drained, new read."""
+    header, rows = lab
+    ssh_header, ssh_rows = ssh
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    live = folder / "conn.log"
+    live.write_bytes(header + b"".join(rows[:5]))
+
+    with tailer(folder, tmp_path / "state.json") as t:
+        f = Follower(t)
+        f.until(lambda: sum(f.uids.values()) == 5)
+        with open(live, "ab") as old:
+            fresh = folder / "conn.log.new"
+            fresh.write_bytes(ssh_header + b"".join(ssh_rows))
+            os.rename(fresh, live)
+            # Written through the old descriptor after the replacement.
+            old.write(b"".join(rows[5:8]))
+        f.until(lambda: sum(f.uids.values()) == 8 + len(ssh_rows))
+        f.poll_for(0.6)
+
+    assert t.stats.replacements == 1 and t.stats.rotations == 0
+    assert f.uids == Counter(uid_of(r) for r in rows[:8] + ssh_rows)
