@@ -800,6 +800,22 @@ def _report(
         "score_quantiles": {
             name: _quantiles(values) for name, values in scores.items()
         },
+        "known_bad": _known_bad_summary(scores, meta.threshold),
+    }
+
+
+def _known_bad_summary(
+    scores: dict[str, np.ndarray], threshold: float
+) -> dict[str, Any]:
+    """How the candidate scores the records that raised notices."""
+    bad, normal = scores["known_bad"], scores["holdout"]
+    if len(bad) == 0:
+        return {"n": 0}
+
+    return {
+        "n": int(len(bad)),
+        "detection_at_threshold": float(np.mean(bad >= threshold)),
+        "auroc_vs_holdout": auroc(normal, bad),
     }
 
 
@@ -1033,6 +1049,32 @@ def _retrain_parser() -> argparse.ArgumentParser:
         help="accept a changed feature schema layout",
     )
     add("--dry-run", action="store_true", help="train and gate, promote nothing")
+    gates = parser.add_argument_group("gate limits (defaults in GateLimits)")
+    defaults = GateLimits()
+    gates.add_argument(
+        "--fpr-factor",
+        type=float,
+        default=defaults.fpr_factor,
+        help="held-out FPR may reach this many times the target",
+    )
+    gates.add_argument(
+        "--min-separation",
+        type=float,
+        default=defaults.min_separation_auroc,
+        help="least AUROC between held-out records and pseudo-anomalies",
+    )
+    gates.add_argument(
+        "--max-detection-drop",
+        type=float,
+        default=defaults.max_detection_drop,
+        help="largest fall in the share of noticed records flagged",
+    )
+    gates.add_argument(
+        "--max-auroc-drop",
+        type=float,
+        default=defaults.max_auroc_drop,
+        help="largest fall in AUROC on noticed records",
+    )
 
     return parser
 
@@ -1145,6 +1187,12 @@ def _options(args: argparse.Namespace) -> Options:
         migrate_schema=args.migrate_schema,
         dry_run=args.dry_run,
         seed=args.seed,
+        limits=GateLimits(
+            fpr_factor=args.fpr_factor,
+            min_separation_auroc=args.min_separation,
+            max_detection_drop=args.max_detection_drop,
+            max_auroc_drop=args.max_auroc_drop,
+        ),
         progress=sys.stderr.isatty(),
     )
 

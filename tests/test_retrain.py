@@ -55,6 +55,19 @@ RUNS = {
     "benign-5": 5,
     "mixed-2": -5,
 }
+# For the tests about reloading and rollback, a second model with another
+# seed: at these sizes how well a model flags the lab attacks swings with
+# the seed (AUROC 0.17 to 0.92 over seeds 0-2 with default sizes), so the
+# comparison on noticed records is not asked for; tests/test_retrain_gates.py
+# checks that comparison.
+SAME_DETECTION_NOT_ASKED = (
+    "--seed",
+    "1",
+    "--max-detection-drop",
+    "1",
+    "--max-auroc-drop",
+    "1",
+)
 # Benign protocol samples (KRB5, MQTT, NTP, RADIUS) from another network.
 NEW_TRAFFIC = ("KRB5", "MQTT", "NTP", "RADIUS")
 
@@ -300,7 +313,7 @@ def test_running_daemon_takes_the_promoted_model_without_losing_a_record(
     try:
         _wait_for(lambda: len(list(_ledger_keys(ledger))) >= 200, "first records")
 
-        code = retrain_main(_retrain_args(archive, live, "--seed", "1"))
+        code = retrain_main(_retrain_args(archive, live, *SAME_DETECTION_NOT_ASKED))
         new_version = load_model(live).metadata.model_version
 
         def reloaded() -> bool:
@@ -409,7 +422,7 @@ def promoted_twice(
     models = _copy_models(first_model[0], tmp_path_factory.mktemp("twice"))
     live = models / "flow.pt"
     first = load_model(live).metadata.model_version
-    code = retrain_main(_retrain_args(archive, live, "--seed", "2"))
+    code = retrain_main(_retrain_args(archive, live, *SAME_DETECTION_NOT_ASKED))
     assert code == EXIT_PROMOTED
 
     return models, first, load_model(live).metadata.model_version
