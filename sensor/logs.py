@@ -10,6 +10,10 @@ import sys
 import structlog
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    return structlog.PrintLogger(file=sys.stderr)
+
+
 def configure_logging(*, verbose: bool = False, json: bool | None = None) -> None:
     """Route structlog events to stderr.
 
@@ -35,6 +39,8 @@ def configure_logging(*, verbose: bool = False, json: bool | None = None) -> Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # Looked up at each event, not once: tests and daemons may swap
+        # sys.stderr after logging is configured.
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
