@@ -26,8 +26,9 @@ How files are followed:
   saved (rotated while the daemon was down); the copy of a file already read
   is recognised by its key and skipped. Other such files are history and
   are not even opened; a history file that zeekctl archives while the tail
-  runs looks new, though, and is read. Archive files are read once their
-  size has not changed for `finish_grace` seconds.
+  runs looks new, though, and is read. Rotated and archived files are read
+  once their size has not changed for `finish_grace` seconds, oldest first
+  by the time in their names.
 - Gzip is recognised by its magic bytes and decompressed as a stream, so a
   live log that Zeek compresses while writing is followed like any other.
 - Filesystem events (watchdog) only wake the loop early. A `stat` rescan every
@@ -160,6 +161,9 @@ class _File:
     # Read it even if its key was never committed (False: resume only).
     read_unknown: bool
     archive: bool = False
+    # Time stamp from a rotated name, for reading in time order; "" for a
+    # file that was live (drained before anything else).
+    stamp: str = ""
     # Bytes read through the descriptor (compressed ones for gzip).
     raw_pos: int = 0
     is_gzip: bool | None = None
@@ -523,8 +527,8 @@ class LogTailer:
         for archive in self.archive_dirs:
             candidates += self._archive_candidates(archive)
         candidates.sort()
-        for _, path, log_name, is_archive in candidates:
-            self._check_rotated(path, log_name, archive=is_archive)
+        for stamp, path, log_name, is_archive in candidates:
+            self._check_rotated(path, log_name, stamp, archive=is_archive)
         listed = {path for _, path, _, _ in candidates}
         for path in [p for p in self._settling if p not in listed]:
             del self._settling[path]
@@ -580,6 +584,8 @@ class LogTailer:
                 log_name, stamp = found
                 if len(stamp) == 8:
                     stamp = f"{day}-{stamp.replace(':', '-')}"
+                elif not stamp:
+                    stamp = day
                 out.append((stamp, os.path.join(folder, entry), log_name, True))
 
         return out
@@ -667,7 +673,9 @@ class LogTailer:
 
         return _file_key(head) != f.key
 
-    def _check_rotated(self, path: str, log_name: str, *, archive: bool) -> None:
+    def _check_rotated(
+        self, path: str, log_name: str, stamp: str, *, archive: bool
+    ) -> None:
         try:
             st = os.stat(path)
         except OSError:
@@ -702,21 +710,22 @@ class LogTailer:
             log.debug("file.not_read", path=path, why="history")
             return
 
-        if archive:
-            # A file still being written in place looks truncated: wait
-            # until its size and mtime hold still for finish_grace.
-            now = time.monotonic()
-            seen = self._settling.get(path)
-            if seen is None or seen[0] != signature:
-                self._settling[path] = (signature, now)
-                return
-            if now - seen[1] < self.finish_grace:
-                return
-            del self._settling[path]
+        # A file still being written in place (an archiver's gzip) looks
+        # cut short: wait until its size and mtime hold still. Waiting on
+        # every file also lets all that is there be read in time order.
+        now = time.monotonic()
+        seen = self._settling.get(path)
+        if seen is None or seen[0] != signature:
+            self._settling[path] = (signature, now)
+            return
+        if now - seen[1] < self.finish_grace:
+            return
+        del self._settling[path]
 
         opened = self._open(path, log_name, live=False, read_unknown=read_unknown)
         if opened is not None:
             opened.archive = archive
+            opened.stamp = stamp
             self._passed[ident] = signature
 
     def _open(
@@ -751,7 +760,7 @@ class LogTailer:
         """Read what the open files hold: drained files first, live last."""
         out: list[TailBatch] = []
         budget = POLL_READ_BUDGET
-        order = sorted(self._files, key=lambda f: (f.live, f.archive))
+        order = sorted(self._files, key=lambda f: (f.live, f.stamp))
         for f in order:
             if f.closed:
                 continue

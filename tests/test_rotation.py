@@ -25,13 +25,21 @@ POLL = 0.1
 GRACE = 0.4
 
 
-def follow(tailer: LogTailer, uids: Counter[str], seconds: float) -> None:
+def follow(
+    tailer: LogTailer,
+    uids: Counter[str],
+    seconds: float,
+    order: list[str] | None = None,
+) -> None:
     """Poll and commit for `seconds`, counting the uids handed out."""
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         got: list[TailBatch] = tailer.poll(POLL)
         for item in got:
-            uids.update(item.batch.records.column("uid").to_pylist())
+            batch_uids = item.batch.records.column("uid").to_pylist()
+            uids.update(batch_uids)
+            if order is not None:
+                order += batch_uids
         if got:
             tailer.commit([item.cursor for item in got])
 
@@ -189,9 +197,10 @@ def test_archive_back_fill(tmp_path: Path, cases_dir: Path) -> None:
     current = copy_case_11(cases_dir, tmp_path / "site")
     state = tmp_path / "state.json"
     uids: Counter[str] = Counter()
+    order: list[str] = []
 
     with case_11_tailer(current, state, read_archive=True) as tailer:
-        follow(tailer, uids, 2.0)
+        follow(tailer, uids, 2.0, order)
 
     # 2 rows in each of five hours (13:00 is there twice), 20 whole rows of
     # the cut gzip, 2 rows of the live file that Zeek compresses in flight.
@@ -201,6 +210,9 @@ def test_archive_back_fill(tmp_path: Path, cases_dir: Path) -> None:
     assert tailer.stats.gzip_errors >= 1
     assert tailer.stats.duplicates_skipped == 1
     assert tailer.stats.bad_files == 0
+    # Hours in time order (F is the live file, read beside them).
+    hours = [uid[3] for uid in order if uid[3] != "F"]
+    assert hours == sorted(hours) and set(hours) == set("ABCDEG")
 
     again: Counter[str] = Counter()
     with case_11_tailer(current, state, read_archive=True) as tailer:
