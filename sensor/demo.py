@@ -52,6 +52,14 @@ def _quiet_events() -> None:
     )
 
 
+def _end(host: object, port: object) -> str:
+    """`host:port/proto` from a decoded notice (port is (number, proto))."""
+    if isinstance(port, tuple):
+        return f"{host}:{port[0]}/{port[1]}"
+
+    return f"{host}:{port}"
+
+
 def _table(rows: list[dict[str, object]]) -> str:
     columns = ("kind", "score", "threshold", "uid", "connection")
     cells = [
@@ -60,7 +68,8 @@ def _table(rows: list[dict[str, object]]) -> str:
             f"{float(str(r['score'])):.3f}",
             f"{float(str(r['threshold'])):.3f}",
             str(r["uid"]),
-            f"{r['id.orig_h']}:{r['id.orig_p']} -> {r['id.resp_h']}:{r['id.resp_p']}",
+            f"{_end(r['id.orig_h'], r['id.orig_p'])} -> "
+            f"{_end(r['id.resp_h'], r['id.resp_p'])}",
         )
         for r in rows
     ]
@@ -94,21 +103,28 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--events", action="store_true", help="show the daemon's log events"
     )
+    parser.add_argument(
+        "--models",
+        type=Path,
+        default=DEFAULT_MODELS,
+        help="folder holding flow.pt and/or packet.pt (default: the embedded ones)",
+    )
     args = parser.parse_args(argv)
 
-    models = {k: DEFAULT_MODELS / f"{k}.pt" for k in ("flow", "packet")}
+    models = {k: args.models / f"{k}.pt" for k in ("flow", "packet")}
     present = {k: p for k, p in models.items() if p.is_file()}
     if not present:
         print(
-            "bflow demo: the embedded default models are missing: "
+            "bflow demo: no models to score with: "
             f"{models['flow']} and {models['packet']} do not exist.\n"
-            "They are trained on the benign sample traffic and shipped with the "
-            "package; until they are, the demo has nothing to score with. "
-            "Train one with `bflow train` and run `bflow run` yourself."
+            "The embedded defaults are trained on the benign sample traffic "
+            "and shipped in sensor/default_models/; this copy of bflow has "
+            "none yet. Give a folder with flow.pt or packet.pt (from "
+            "`bflow train`) as --models."
         )
         return 1
     for kind in sorted(set(models) - set(present)):
-        print(f"bflow demo: no default {kind} model ({models[kind]}); skipping it")
+        print(f"bflow demo: no {kind} model ({models[kind]}); {kind} scoring is off")
 
     work = args.dir or Path(tempfile.mkdtemp(prefix="bflow-demo-"))
     log_dir = work / "logs"
@@ -148,12 +164,12 @@ def main(argv: list[str]) -> int:
         stop.set()
         feeder.join()
 
-    from sensor.reader import read_log
+    from sensor.contract import NOTICE_KINDS
+    from sensor.notice import read_notices
 
     rows: list[dict[str, object]] = []
     if config.notice_log.exists():
-        for batch in read_log(config.notice_log):
-            rows.extend(batch.records.to_pylist())
+        rows = [r for r in read_notices(config.notice_log) if r["kind"] in NOTICE_KINDS]
     m = daemon.metrics
     print(
         f"bflow demo: scored {m.scored.get('conn', 0)} conn.log records and "

@@ -5,9 +5,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,13 @@ def _all_keys(feeder: LogFeeder) -> list[str]:
     return keys
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 def _wait_for(predicate: object, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -53,14 +62,35 @@ def test_end_to_end_exactly_once_across_a_rotation(
 
     from sensor.reader import read_log
 
-    daemon = DaemonProcess(tmp_path, tiny_models, "--stop-when-idle=3")
+    port = _free_port()
+    daemon = DaemonProcess(
+        tmp_path,
+        tiny_models,
+        "--stop-when-idle=3",
+        f"--metrics-port={port}",
+        "--summary-interval=0.5",
+    )
     feeder = LogFeeder(tmp_path / "logs", chunks=6, pause=0.1)
     try:
         daemon.start().wait_ready()
         feeder.start().join()
+        _wait_for(lambda: _has(daemon, "daemon.summary"))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics") as reply:
+            exposition = reply.read().decode()
         assert daemon.wait(60) == 0
+        told = "\n".join(daemon.messages()).splitlines()
     finally:
         daemon.close()
+
+    # systemd saw READY (above), watchdog pings, a status line, STOPPING.
+    assert "WATCHDOG=1" in told and "STOPPING=1" in told
+    assert any(line.startswith("STATUS=") for line in told)
+    # The metrics endpoint counted records per log; the summary event has
+    # the figures an operator watches.
+    assert 'bflow_records_total{log="conn"}' in exposition
+    summary = [e for e in daemon.events() if e["event"] == "daemon.summary"][-1]
+    for key in ("records_per_s", "lag_s", "batch_p99_s", "notices", "skipped"):
+        assert key in summary
 
     # The rotation happened: the first half lives under its rotated name.
     assert (tmp_path / "logs" / "conn.2026-12-04-10-00-00.log").exists()
@@ -301,3 +331,86 @@ def test_full_notice_disk_advances_no_offset_then_recovers(
     ids = [r["notice_id"] for r in written_notices(notices / "bflow_notice.log")]
     assert len(ids) == len(set(ids))
     assert set(ids) == expected_notice_ids(tiny_models)
+
+
+def test_check_config_loads_the_models_and_says_ok(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    """`--check-config` with good settings loads both models and exits 0."""
+    (tmp_path / "logs").mkdir()
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sensor",
+            "run",
+            "--check-config",
+            f"--log-dir={tmp_path / 'logs'}",
+            f"--state-dir={tmp_path / 'state'}",
+            f"--notice-dir={tmp_path / 'notices'}",
+            f"--flow-model={tiny_models.flow}",
+            f"--packet-model={tiny_models.packet}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("config OK")
+    assert "'flow'" in proc.stdout and "'packet'" in proc.stdout
+    assert not (tmp_path / "state" / "tail-state.json").exists()
+
+
+def test_example_config_file_is_valid() -> None:
+    """systemd/bflow.toml parses and passes validation as shipped."""
+    from sensor.config import build_config
+
+    example = Path(__file__).parent.parent / "systemd" / "bflow.toml"
+
+    config = build_config(file=example, environ={})
+
+    assert config.log_dir == Path("/opt/zeek/logs/current")
+    assert config.threads == 1 and config.metrics_port == 0
+
+
+def test_demo_prints_the_notices_it_raised(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    """`bflow demo` ends by itself and lists every notice it wrote once."""
+    models = tmp_path / "models"
+    models.mkdir()
+    shutil.copyfile(tiny_models.flow, models / "flow.pt")
+    shutil.copyfile(tiny_models.packet, models / "packet.pt")
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "sensor", "demo", f"--models={models}"]
+        + [f"--dir={tmp_path / 'demo'}", "--pause=0.05"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    notice_log = tmp_path / "demo" / "notices" / "bflow_notice.log"
+    assert f"notice log: {notice_log}" in proc.stdout
+    ids = [r["notice_id"] for r in written_notices(notice_log)]
+    assert sorted(ids) == sorted(expected_notice_ids(tiny_models))
+    assert f"; {len(ids)} notices" in proc.stdout
+    for record in written_notices(notice_log):
+        assert str(record["uid"]) in proc.stdout
+
+
+def test_demo_without_models_says_what_is_missing(tmp_path: Path) -> None:
+    """Without model files the demo names them and exits 1, scoring nothing."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "sensor", "demo", f"--models={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert proc.returncode == 1
+    assert str(tmp_path / "flow.pt") in proc.stdout
+    assert "do not exist" in proc.stdout

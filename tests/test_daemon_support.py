@@ -345,6 +345,16 @@ class DaemonProcess:
                 return
         raise AssertionError("daemon did not become ready")
 
+    def messages(self) -> list[str]:
+        """sd_notify messages received since READY (without waiting)."""
+        out = []
+        self.sock.settimeout(0)
+        while True:
+            try:
+                out.append(self.sock.recv(4096).decode())
+            except (BlockingIOError, TimeoutError):
+                return out
+
     def wait(self, timeout: float = 60) -> int:
         """Wait for the daemon to exit by itself; its exit status."""
         assert self.proc is not None
