@@ -143,6 +143,8 @@ class TailStats:
     bad_files: int = 0
     gzip_errors: int = 0
     fragments_dropped: int = 0
+    # Lines the decoder skipped (wrong field count, bad value, ...).
+    lines_skipped: int = 0
     handler_errors: int = 0
     observer_restarts: int = 0
     polling_only: bool = False
@@ -186,6 +188,7 @@ class _File:
     # When all that the file held was last read (its open time at first).
     caught_up_at: float = field(default_factory=time.monotonic)
     behind: bool = False
+    skipped_seen: int = 0
     closed: bool = False
 
 
@@ -794,6 +797,7 @@ class LogTailer:
 
         if f.decoder is not None and not f.closed:
             batches += f.decoder.flush()
+            self._tally(f)
         if not f.closed:
             f.behind = os.fstat(f.fd).st_size > f.raw_pos
             if not f.behind:
@@ -954,6 +958,7 @@ class LogTailer:
                 # The decoder logs the fragment itself.
                 self.stats.fragments_dropped += 1
             batches += f.decoder.finish()
+            self._tally(f)
             assert f.key is not None
             end = max([f.emitted_end] + [b.end_offset for b in batches])
             self._finished_keys[f.key] = end
@@ -967,6 +972,13 @@ class LogTailer:
         self._close_file(f)
 
         return batches
+
+    def _tally(self, f: _File) -> None:
+        """Add the lines the decoder skipped since the last look."""
+        assert f.decoder is not None
+        skipped = f.decoder.stats.skipped
+        self.stats.lines_skipped += skipped - f.skipped_seen
+        f.skipped_seen = skipped
 
     def _dropped(self, f: _File, size: int) -> None:
         self.stats.fragments_dropped += 1

@@ -703,3 +703,23 @@ def test_replaced_file_noticed_and_both_read(
 
     assert t.stats.replacements == 1 and t.stats.rotations == 0
     assert f.uids == Counter(uid_of(r) for r in rows[:8] + ssh_rows)
+
+
+def test_folder_created_later_and_bad_lines_counted(
+    tmp_path: Path, lab: tuple[bytes, list[bytes]]
+) -> None:
+    """A log folder that does not exist yet is waited for; bad lines are counted."""
+    header, rows = lab
+    folder = tmp_path / "not-yet"
+
+    with tailer(folder, tmp_path / "state.json") as t:
+        f = Follower(t)
+        f.poll_for(0.3)
+        folder.mkdir()
+        short = b"\t".join(rows[1].split(b"\t")[:5]) + b"\n"
+        (folder / "conn.log").write_bytes(header + rows[0] + short + rows[2])
+        f.until(lambda: sum(f.uids.values()) == 2)
+        f.poll_for(0.3)
+
+    assert f.uids == Counter(uid_of(r) for r in (rows[0], rows[2]))
+    assert t.stats.lines_skipped == 1
