@@ -6,19 +6,35 @@ reason about::
     poll the tailer -> score each batch -> write the notices (fsync)
         -> [debug ledger] -> commit the read positions
 
-The read positions move only after the notices of those records are on
-disk. A kill at any instant therefore leaves the records after the last
-commit to be read again on restart; their notices may already be in the
-file, and the notice writer skips ids already present, so nothing is lost
-and nothing is repeated. Memory stays bounded because the tailer hands out
-at most `batch_size` records per log per poll and nothing is read ahead:
-when scoring is slower than Zeek, the unread part of the logs grows on disk
-and shows as lag, and no record is dropped.
+Exactly once. The read positions move only after the notices of those
+records are on disk. A kill at any instant leaves the records after the
+last commit to be read and scored again on restart; their notices may
+already be in the file, and the notice writer skips ids already present
+(a notice's id is its kind, uid and model version, whatever the batch
+boundaries), so nothing is lost and no notice is repeated. With the debug
+ledger on, even the scoring is not repeated: the records of the last
+ledger line are skipped when they come back (see `Ledger`).
+
+Backpressure. The tailer hands out at most `batch_size` records per log
+per poll and nothing is read ahead, so memory stays bounded. When scoring
+is slower than Zeek, the unread part of the logs grows on disk and shows as
+lag (`lag_s`, `lag_bytes`); no record is dropped. Lines the reader cannot
+use are counted (`lines_skipped`, `dropped`, `bad_files`) in every summary.
+
+A full or failing disk under the notice directory stops the pipeline where
+it is: the notices in hand are retried with back-off (1 s doubling to 30 s),
+nothing is read or committed meanwhile, an error event says what to do, and
+the loop goes on by itself once space is back. Stopping while it waits exits
+with status 75 and commits nothing.
 
 Signals: SIGTERM and SIGINT finish the batch in hand, commit, and exit 0.
 SIGHUP reloads the model files; so does a model file replaced on disk. A
 new model is loaded and probed first and swapped in only if it passes; a
 bad one is refused with an error event and the old one keeps scoring.
+
+systemd: READY once the models are loaded and the tailer is open, WATCHDOG
+at most once a second while the loop turns (a scoring call that hangs stops
+the pings), STATUS every five seconds and while waiting on the disk.
 """
 
 import argparse
@@ -226,6 +242,7 @@ class Daemon:
             return EXIT_NOTICE_WRITE
         finally:
             self.notifier.stopping()
+            self._update_lag(tailer)
             tailer.close()
             _close(writer)
             if ledger is not None:
@@ -416,6 +433,12 @@ class Daemon:
             lag_bytes = value.get("bytes")
         if isinstance(lag_bytes, int):
             self.metrics.lag_bytes = lag_bytes
+
+        counts = getattr(tailer, "stats", None)
+        m = self.metrics
+        m.dropped = int(getattr(counts, "fragments_dropped", m.dropped))
+        m.lines_skipped = int(getattr(counts, "lines_skipped", m.lines_skipped))
+        m.bad_files = int(getattr(counts, "bad_files", m.bad_files))
 
 
 def _limit_threads(threads: int) -> None:

@@ -24,7 +24,11 @@ class Metrics:
     skipped: dict[str, int] = field(default_factory=dict)
     notices: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    # From the tailer: a last line without newline in a finished file,
+    # lines the reader could not decode, files it could not read at all.
     dropped: int = 0
+    lines_skipped: int = 0
+    bad_files: int = 0
     batches: int = 0
     errors: int = 0
     reloads: int = 0
@@ -76,6 +80,8 @@ class Metrics:
             "notices": dict(self.notices),
             "duplicate_notices": self.duplicates,
             "dropped": self.dropped,
+            "lines_skipped": self.lines_skipped,
+            "bad_files": self.bad_files,
             "lag_s": round(self.lag_seconds, 3),
             "lag_bytes": self.lag_bytes,
             "batch_p50_s": round(latency["p50"], 4),
@@ -117,7 +123,19 @@ class PrometheusExporter:
                         family.add_metric([log_name], value)
                     yield family
                 yield CounterMetricFamily(
-                    "bflow_records_dropped", "records dropped", value=m.dropped
+                    "bflow_records_dropped",
+                    "cut-off last lines of finished files",
+                    value=m.dropped,
+                )
+                yield CounterMetricFamily(
+                    "bflow_lines_skipped",
+                    "log lines the reader could not decode",
+                    value=m.lines_skipped,
+                )
+                yield CounterMetricFamily(
+                    "bflow_bad_files",
+                    "log files that could not be read",
+                    value=m.bad_files,
                 )
                 yield CounterMetricFamily(
                     "bflow_batches", "batches processed", value=m.batches
