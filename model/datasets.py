@@ -215,7 +215,8 @@ def packet_set(
             src, dst = parsed.addresses(i)
             a = (src, int(parsed.sport[i]))
             b = (dst, int(parsed.dport[i]))
-            found = index.find(rel, int(parsed.proto[i]), a, b, int(ts_us[i]))
+            # +1 us: Zeek may truncate a timestamp that rounding here lifts.
+            found = index.find(rel, int(parsed.proto[i]), a, b, int(ts_us[i]) + 1)
             unmatched += found < 0
             conn_col.append(found)
         if unmatched:

@@ -375,7 +375,7 @@ def parse_frames(
     )
 
 
-def _decode_frames(column: pa.Array | pa.ChunkedArray) -> list[bytes]:
+def decode_frames(column: pa.Array | pa.ChunkedArray) -> list[bytes]:
     """Frames from a `frame` column: binary as is, strings as base64.
 
     Raises:
@@ -399,6 +399,10 @@ def _decode_frames(column: pa.Array | pa.ChunkedArray) -> list[bytes]:
             ) from exc
 
     return out
+
+
+# The name model.cli used before decode_frames was public.
+_decode_frames = decode_frames
 
 
 def _gather_index(
@@ -511,7 +515,7 @@ def packet_features(
                 f"packet records lack the {needed!r} field (have {names}); "
                 "they must come from the bflow packet log or sample_pcap"
             )
-    frames = _decode_frames(records.column("frame"))
+    frames = decode_frames(records.column("frame"))
     links = [v or LINK_UNKNOWN for v in records.column("link_type").to_pylist()]
 
     return frame_features(frames, links, cfg)
