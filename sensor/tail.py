@@ -146,6 +146,7 @@ class TailStats:
     # Lines the decoder skipped (wrong field count, bad value, ...).
     lines_skipped: int = 0
     handler_errors: int = 0
+    rescan_errors: int = 0
     observer_restarts: int = 0
     polling_only: bool = False
 
@@ -304,12 +305,20 @@ class LogTailer:
         """
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
-            self._keep_observer()
+            # Cleared before looking, so an event during the look is kept.
+            self._wake.clear()
             now = time.monotonic()
             due = now - self._last_rescan >= self.poll_interval
             asked = self._rescan_asked and now - self._last_rescan >= MIN_RESCAN_GAP
-            if due or asked:
-                self._rescan()
+            try:
+                self._keep_observer()
+                if due or asked:
+                    self._rescan()
+            except Exception:
+                # A bug here must not stop reading what is already open.
+                self.stats.rescan_errors += 1
+                self._last_rescan = now
+                log.exception("tail.rescan_failed")
 
             out = self._pump_all()
             out.extend(self._finish_quiet())
@@ -318,7 +327,6 @@ class LogTailer:
                 return out
 
             self._wake.wait(max(0.0, self._next_wake(deadline) - time.monotonic()))
-            self._wake.clear()
 
     def commit(self, cursors: Iterable[Cursor]) -> None:
         """Make the given positions durable; call only once their notices are.
