@@ -157,17 +157,27 @@ class CheckpointStore:
         data = json.dumps(doc, indent=1).encode()
 
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        with _open_dir(self.path.parent) as dir_fd:
-            os.fsync(dir_fd)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            with _open_dir(self.path.parent) as dir_fd:
+                os.fsync(dir_fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise CheckpointError(
+                f"cannot write state file {self.path}: {exc.strerror or exc}; "
+                "the read positions on disk were not advanced (records since "
+                "the last save will be read again). Free space or fix the "
+                "state directory, then restart"
+            ) from exc
 
     def _prune(self) -> None:
         cutoff = time.time() - self.keep_done_s

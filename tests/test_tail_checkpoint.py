@@ -90,3 +90,21 @@ def test_old_done_entries_pruned(tmp_path: Path) -> None:
     store.close()
 
     assert set(json.loads(state.read_text())["files"]) == {"open"}
+
+
+def test_failed_save_is_a_clear_error_and_keeps_old_state(tmp_path: Path) -> None:
+    """A save the OS refuses raises CheckpointError; the old state stays whole."""
+    state = tmp_path / "state.json"
+    store = CheckpointStore(state)
+    store.update("k", FileState(100))
+    store.save()
+    before = state.read_bytes()
+    # The temporary file's name taken by a folder: the OS refuses the write.
+    (tmp_path / ".state.json.tmp").mkdir()
+    store.update("k", FileState(200))
+
+    with pytest.raises(CheckpointError, match="cannot write state file"):
+        store.save()
+    store.close()
+
+    assert state.read_bytes() == before
