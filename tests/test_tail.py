@@ -723,3 +723,32 @@ def test_folder_created_later_and_bad_lines_counted(
 
     assert f.uids == Counter(uid_of(r) for r in (rows[0], rows[2]))
     assert t.stats.lines_skipped == 1
+
+
+def test_live_gzip_followed_as_it_grows(
+    tmp_path: Path, lab: tuple[bytes, list[bytes]]
+) -> None:
+    """A live log Zeek gzips while writing is followed piece by piece (case 11)."""
+    import zlib
+
+    header, rows = lab
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    live = folder / "conn.log.gz"
+    packer = zlib.compressobj(wbits=31)
+
+    def write(data: bytes, mode: int = zlib.Z_SYNC_FLUSH) -> None:
+        append(live, packer.compress(data) + packer.flush(mode))
+
+    with tailer(folder, tmp_path / "state.json") as t:
+        f = Follower(t)
+        write(header + b"".join(rows[:10]))
+        f.until(lambda: sum(f.uids.values()) == 10)
+        write(b"".join(rows[10:25]))
+        f.until(lambda: sum(f.uids.values()) == 25)
+        write(b"".join(rows[25:30]) + b"#close\t2026-12-04-11-00-00\n", zlib.Z_FINISH)
+        os.rename(live, folder / "conn.2026-12-04-10-00-00.log.gz")
+        f.until(lambda: t.stats.files_finished == 1)
+
+    assert f.uids == Counter(uid_of(r) for r in rows[:30])
+    assert t.stats.gzip_errors == 0 and t.stats.bad_files == 0
