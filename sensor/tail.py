@@ -41,6 +41,11 @@ How files are followed:
 Known limits: a file truncated and rewritten in place with byte-for-byte the
 same header and first record is taken for the same file. Records of the old
 file still being drained and of the new live file may interleave in time.
+Records appended to a rotated file after `finish_grace` seconds of silence
+are not read (Zeek never does this; raise `finish_grace` for writers that
+do). A file that had no complete record yet has no key, so it is not named
+in the state; if it is rotated away while the daemon is down, the mtime rule
+above is what brings it back.
 """
 
 from __future__ import annotations
