@@ -52,7 +52,7 @@ from typing import Any
 import structlog
 
 from sensor.config import PARSERS, Config, build_config, check_paths
-from sensor.errors import BFlowError, ModelError
+from sensor.errors import BFlowError, ConfigError, ModelError
 from sensor.metrics import Metrics, PrometheusExporter
 from sensor.pipeline import LOG_OF_KIND, Pipeline, Scorer, file_identity, load_scorer
 from sensor.sdnotify import Notifier
@@ -213,23 +213,36 @@ class Daemon:
         from sensor.tail import LogTailer
 
         config = self.config
-        writer = NoticeWriter(config.notice_log)
-        ledger = Ledger(config.ledger) if config.ledger else None
-        tailer = LogTailer(
-            config.log_dir,
-            state_file=config.tail_state,
-            log_paths=self.pipeline.logs,
-            batch_size=config.batch_size,
-            poll_interval=config.poll_interval,
-            finish_grace=config.finish_grace,
-        )
         exporter = None
         if config.metrics_port:
-            exporter = PrometheusExporter(
-                self.metrics,
-                address=config.metrics_address,
-                port=config.metrics_port,
+            try:
+                exporter = PrometheusExporter(
+                    self.metrics,
+                    address=config.metrics_address,
+                    port=config.metrics_port,
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"metrics endpoint {config.metrics_address}:"
+                    f"{config.metrics_port} cannot be opened ({exc.strerror}); "
+                    "pick a free metrics_port or set it to 0"
+                ) from None
+        writer = NoticeWriter(config.notice_log)
+        ledger = Ledger(config.ledger) if config.ledger else None
+        try:
+            tailer = LogTailer(
+                config.log_dir,
+                state_file=config.tail_state,
+                log_paths=self.pipeline.logs,
+                batch_size=config.batch_size,
+                poll_interval=config.poll_interval,
+                finish_grace=config.finish_grace,
             )
+        except BaseException:
+            _close(writer)
+            if exporter is not None:
+                exporter.close()
+            raise
 
         try:
             with _signals(self._on_signal):

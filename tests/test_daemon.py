@@ -414,3 +414,34 @@ def test_demo_without_models_says_what_is_missing(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert str(tmp_path / "flow.pt") in proc.stdout
     assert "do not exist" in proc.stdout
+
+
+def test_busy_metrics_port_is_a_clear_error(
+    tmp_path: Path, tiny_models: TinyModels
+) -> None:
+    """A metrics port already in use stops start-up with `error:` naming it."""
+    (tmp_path / "logs").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sensor",
+                "run",
+                f"--log-dir={tmp_path / 'logs'}",
+                f"--state-dir={tmp_path / 'state'}",
+                f"--notice-dir={tmp_path / 'notices'}",
+                f"--flow-model={tiny_models.flow}",
+                f"--metrics-port={port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    assert proc.returncode == 2
+    assert f"error: metrics endpoint 127.0.0.1:{port} cannot be opened" in proc.stderr
