@@ -1,0 +1,1 @@
+"""Real Zeek sample logs shipped for `bflow demo` (see README.md here)."""
