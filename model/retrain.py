@@ -11,8 +11,24 @@ One retraining, top to bottom:
 6. only if every gate passes: keep the candidate in `history/` and rename it
    over the live model file, which the daemon then reloads on its own.
 
+The gates, each logged (`gate.checked`) and written to the report:
+
+- `holdout_fpr`: on the held-out normal slice, the candidate's threshold
+  keeps its false-positive promise (within `fpr_factor` x target, plus what
+  chance gives on a slice that size);
+- `separation`: its scores still tell held-out records from its own
+  pseudo-anomalies (AUROC), i.e. the classifier has not collapsed;
+- `schema`: same feature kind and schema settings, unless `--migrate-schema`;
+- `vs_current`: not much worse than the model in service, on the held-out
+  slice and on the records that raised notices (plus any `--known-bad` logs
+  of past incidents). This one catches a candidate trained on attacks that
+  went unnoticed: it no longer flags what the model in service flags.
+
 Exit status: 0 promoted (or `--dry-run` passed), 1 a gate rejected the
 candidate (the model in service is untouched), 2 an error a person must fix.
+The reports: `<model>.retrain.json` beside the model (the latest run),
+`history/<stem>-<version>.{pt,json,png}` for models put in service, and
+`history/rejected/` for the reports of rejected candidates.
 """
 
 import argparse
