@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from sensor.errors import ModelError
+from sensor.errors import LogFormatError, ModelError
 
 log = structlog.get_logger(__name__)
 
@@ -261,7 +261,15 @@ class Pipeline:
             result.skipped = batch.num_rows
             return result
 
-        keep, scores = scorer.score(batch)
+        keep, scores, unusable = _score_tolerant(scorer, batch)
+        if unusable:
+            log.warning(
+                "records.unusable",
+                log=log_name,
+                records=len(unusable),
+                reason=unusable[0],
+                action="skipped",
+            )
         has_uid = _present(batch, "uid")
         kept = np.flatnonzero(keep)
         result.scored = int(has_uid[kept].sum())
@@ -298,6 +306,39 @@ class Pipeline:
         result.seconds = time.perf_counter() - started
 
         return result
+
+
+def _score_tolerant(
+    scorer: Scorer, batch: pa.RecordBatch
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Score a batch; records the features refuse are left out, not fatal.
+
+    One bad record (a frame that is not base64, an unknown link type) makes
+    the feature code refuse its whole batch. The batch is then split in
+    halves until the refused records are alone, so only they are skipped.
+
+    Returns:
+        The keep mask and scores of `Scorer.score`, and the reason each
+        refused record was refused.
+    """
+    try:
+        keep, scores = scorer.score(batch)
+        return keep, scores, []
+    except LogFormatError as exc:
+        if batch.num_rows <= 1:
+            return np.zeros(batch.num_rows, dtype=bool), np.zeros(0), [str(exc)]
+
+    middle = batch.num_rows // 2
+    parts = [
+        _score_tolerant(scorer, batch.slice(0, middle)),
+        _score_tolerant(scorer, batch.slice(middle)),
+    ]
+
+    return (
+        np.concatenate([p[0] for p in parts]),
+        np.concatenate([p[1] for p in parts]),
+        parts[0][2] + parts[1][2],
+    )
 
 
 def _column(batch: pa.RecordBatch, name: str) -> list[Any]:

@@ -133,3 +133,31 @@ def test_model_of_the_wrong_kind_is_refused(tiny_models: TinyModels) -> None:
     """A flow model given as the packet model is refused with both kinds named."""
     with pytest.raises(ModelError, match="'flow'"):
         load_scorer("packet", tiny_models.flow)
+
+
+def test_bad_packet_records_are_skipped_alone(tiny_models: TinyModels) -> None:
+    """A non-base64 frame and an unknown link type skip only their records."""
+    scorer = load_scorer("packet", tiny_models.packet)
+    batch = _batches(sample_table("bflow_packet"), 10_000)[0]
+    good = Pipeline([scorer]).process(batch, "bflow_packet")
+    frames = batch.column(batch.schema.get_field_index("frame")).to_pylist()
+    links = batch.column(batch.schema.get_field_index("link_type")).to_pylist()
+    frames[3] = "not base64 at all!"
+    links[100] = "LINK_CARRIER_PIGEON"
+    frame_type = batch.schema.field("frame").type
+    bad = batch.set_column(
+        batch.schema.get_field_index("frame"), "frame", pa.array(frames, frame_type)
+    )
+    bad = bad.set_column(
+        bad.schema.get_field_index("link_type"), "link_type", pa.array(links)
+    )
+
+    result = Pipeline([scorer]).process(bad, "bflow_packet")
+
+    assert result.skipped == good.skipped + 2
+    assert result.scored == good.scored - 2
+    # Every connection that still has a packet at or above threshold keeps
+    # its notice.
+    lost = {batch.column(1)[3].as_py(), batch.column(1)[100].as_py()}
+    kept = {n.uid for n in good.notices} - lost
+    assert kept <= {n.uid for n in result.notices}
