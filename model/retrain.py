@@ -878,6 +878,14 @@ def _training_png(
     return path
 
 
+def _prune_rejected(folder: Path, stem: str, keep: int) -> None:
+    """Keep the reports of the last `keep` rejected candidates only."""
+    reports = sorted(folder.glob(f"{stem}-*.json"), key=lambda p: p.stat().st_mtime)
+    for old in reports[: max(0, len(reports) - keep)]:
+        for path in (old, old.with_suffix(".png")):
+            path.unlink(missing_ok=True)
+
+
 def _decide(
     opts: Options,
     candidate: Path,
@@ -899,6 +907,7 @@ def _decide(
         if png is not None:
             install(png, base.with_suffix(".png"))
         write_json(report, latest)
+        _prune_rejected(rejected, opts.model.stem, opts.keep)
         event = "model.rejected" if not promote else "model.dry_run_passed"
         log.info(event, version=report["version"], failed=failed, report=str(latest))
         return Outcome(False, report, base.with_suffix(".json"))

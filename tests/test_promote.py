@@ -139,3 +139,23 @@ def test_missing_model_directory_is_a_clear_error(tmp_path: Path) -> None:
         model_lock(tmp_path / "nope" / "flow.pt"),
     ):
         pass
+
+
+def test_rejected_reports_are_pruned_to_keep(tmp_path: Path) -> None:
+    """Reports of rejected candidates do not pile up: the newest `keep` stay."""
+    from model.retrain import _prune_rejected
+
+    for i in range(5):
+        report = tmp_path / f"flow-v{i}.json"
+        report.write_text("{}")
+        report.with_suffix(".png").write_bytes(b"png")
+        os.utime(report, (1000 + i, 1000 + i))
+
+    _prune_rejected(tmp_path, "flow", 2)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "flow-v3.json",
+        "flow-v3.png",
+        "flow-v4.json",
+        "flow-v4.png",
+    ]
