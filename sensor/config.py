@@ -171,6 +171,28 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
 }
 REQUIRED = ("log_dir", "state_dir", "notice_dir")
 
+# One line per setting for `bflow run --help`.
+HELP = {
+    "log_dir": "directory Zeek writes its current logs to (required)",
+    "state_dir": "where read positions are kept (required)",
+    "notice_dir": "where bflow_notice.log is written (required)",
+    "flow_model": "model file scoring conn.log (unset: off)",
+    "packet_model": "model file scoring the packet log (unset: off)",
+    "batch_size": "most records per batch and per poll of a log (4096)",
+    "poll_interval": "seconds between directory scans (0.5)",
+    "finish_grace": "seconds a rotated log must be idle to be finished (2)",
+    "summary_interval": "seconds between daemon.summary events (60)",
+    "model_check_interval": "seconds between model file checks, 0 = SIGHUP only (5)",
+    "threads": "torch threads for scoring (1)",
+    "metrics_port": "Prometheus port on metrics_address, 0 = off (0)",
+    "metrics_address": "loopback address for the metrics endpoint (127.0.0.1)",
+    "flow_threshold": "override the flow model's threshold",
+    "packet_threshold": "override the packet model's threshold",
+    "duration": "stop after this many seconds, 0 = never (0)",
+    "stop_when_idle": "stop once the logs were idle this long, 0 = never (0)",
+    "ledger": "debug: append the key of every committed record here",
+}
+
 
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a config file; a missing or malformed file is a ConfigError."""

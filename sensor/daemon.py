@@ -51,7 +51,7 @@ from typing import Any
 
 import structlog
 
-from sensor.config import PARSERS, Config, build_config, check_paths
+from sensor.config import HELP, PARSERS, Config, build_config, check_paths
 from sensor.errors import BFlowError, ConfigError, ModelError
 from sensor.metrics import Metrics, PrometheusExporter
 from sensor.pipeline import LOG_OF_KIND, Pipeline, Scorer, file_identity, load_scorer
@@ -511,7 +511,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     for name in PARSERS:
         parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar="V"
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar="V",
+            help=HELP[name],
         )
 
     return parser
