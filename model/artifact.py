@@ -155,7 +155,7 @@ def export_model(trained: TrainedModel, path: Path, metadata: ModelMetadata) -> 
         )
     module = trained.scoring_module()
     with _quiet_jit():
-        scripted = torch.jit.script(module)
+        scripted = torch.jit.freeze(torch.jit.script(module))
 
     probe = probe_batch(cfg.input_dim)
     with torch.inference_mode():

@@ -141,7 +141,7 @@ class NormalizingFlow(nn.Module):
         blocks: number of blocks; each has about `2 * hidden**2` weights, so
             the flow stays small next to the encoder.
         hidden: width of each coupling's subnet (default: twice `dim`,
-            at least 32).
+            within 32..256, so a wide latent does not make a huge flow).
         clamp: soft bound on each coupling's log-scale.
         seed: fixes the permutations.
     """
@@ -158,7 +158,7 @@ class NormalizingFlow(nn.Module):
         super().__init__()
         if dim < 2:
             raise ValueError(f"a coupling flow needs dim >= 2, got dim={dim}")
-        hidden = hidden or max(32, 2 * dim)
+        hidden = hidden or min(max(32, 2 * dim), 256)
         self.dim = dim
         self.blocks = nn.ModuleList(
             [FlowBlock(dim, hidden, clamp, seed + i) for i in range(blocks)]

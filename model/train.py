@@ -62,7 +62,7 @@ class TrainConfig:
     linear head to `latent_dim`; `latent_channels > 0` swaps that head for
     the paper's convolutional one (latent = channels x length). "flow" uses
     `mlp_widths`. The flow has `flow_blocks` couplings with subnets of width
-    `flow_hidden` (0: twice the latent size, at least 32).
+    `flow_hidden` (0: twice the latent size, within 32..256).
 
     Length: each stage runs its epochs, or more when that many epochs would
     take fewer than `min_steps` optimiser steps (small data sets).

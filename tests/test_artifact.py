@@ -208,3 +208,35 @@ def test_wrong_feature_width_at_score_time_is_a_model_error(
     with pytest.raises(ModelError, match=r"expects \(N, 3\)"):
         loaded.score(np.zeros((2, 4), dtype=np.float32))
     assert loaded.score(np.zeros((0, 3), dtype=np.float32)).shape == (0,)
+
+
+def test_packet_model_round_trip_on_real_packets(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A conv packet model, frozen at export, scores real packets as eager."""
+    from model.features.packet import PacketFeatureConfig, packet_features
+    from model.features.pcap import sample_pcap
+
+    feat = PacketFeatureConfig(input_len=128)
+    x, _ = packet_features(sample_pcap(data_dir / "lab/benign-2/benign-2.pcap"), feat)
+    cfg = TrainConfig(
+        kind="packet",
+        input_dim=128,
+        latent_dim=8,
+        conv_channels=(4, 8),
+        disc_channels=(4,),
+        classifier_widths=(8,),
+        flow_blocks=2,
+        epochs_ae=1,
+        epochs_flow=1,
+        epochs_clf=1,
+        min_steps=5,
+    )
+    trained = train_three_stage(x[:400], x[400:500], cfg)
+    path = tmp_path / "packet.pt"
+    meta = _metadata(kind="packet", input_dim=128, feature_schema=feat.to_dict())
+    export_model(trained, path, meta)
+    loaded = load_model(
+        path, expect_kind="packet", expect_feature_schema=feat.to_dict()
+    )
+    np.testing.assert_allclose(loaded.score(x), trained.score(x), rtol=1e-5, atol=1e-5)
