@@ -361,6 +361,7 @@ class Daemon:
             m.add(m.records, result.log, result.records)
             m.add(m.scored, result.log, result.scored)
             m.add(m.skipped, result.log, result.skipped)
+            m.notices_rejected += result.rejected
             m.batch_done(seconds)
         for notice in notices:
             m.add(m.notices, str(getattr(notice, "kind", "?")), 1)

@@ -24,6 +24,7 @@ class Metrics:
     skipped: dict[str, int] = field(default_factory=dict)
     notices: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
+    notices_rejected: int = 0
     # From the tailer: a last line without newline in a finished file,
     # lines the reader could not decode, files it could not read at all.
     dropped: int = 0
@@ -79,6 +80,7 @@ class Metrics:
             "skipped": dict(self.skipped),
             "notices": dict(self.notices),
             "duplicate_notices": self.duplicates,
+            "notices_rejected": self.notices_rejected,
             "dropped": self.dropped,
             "lines_skipped": self.lines_skipped,
             "bad_files": self.bad_files,

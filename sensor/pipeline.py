@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 import structlog
 
-from sensor.errors import LogFormatError, ModelError
+from sensor.errors import BFlowError, LogFormatError, ModelError
 
 log = structlog.get_logger(__name__)
 
@@ -224,6 +224,9 @@ class BatchResult:
     records: int = 0
     scored: int = 0
     skipped: int = 0
+    # Connections at or above the threshold whose notice could not be made
+    # (an empty uid, say); each is logged.
+    rejected: int = 0
     keys: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -270,6 +273,18 @@ class Pipeline:
                 reason=unusable[0],
                 action="skipped",
             )
+        finite = np.isfinite(scores)
+        if not finite.all():
+            log.warning(
+                "records.unscorable",
+                log=log_name,
+                records=int((~finite).sum()),
+                reason="the model gave a score that is not a finite number",
+                action="skipped",
+            )
+            keep = keep.copy()
+            keep[np.flatnonzero(keep)[~finite]] = False
+            scores = scores[finite]
         has_uid = _present(batch, "uid")
         kept = np.flatnonzero(keep)
         result.scored = int(has_uid[kept].sum())
@@ -298,7 +313,12 @@ class Pipeline:
         for uid, (s, row) in best.items():
             if uid in remembered:
                 continue
-            result.notices.append(_notice(batch, row, scorer, s))
+            try:
+                result.notices.append(_notice(batch, row, scorer, s))
+            except BFlowError as exc:
+                result.rejected += 1
+                log.warning("notice.unusable", log=log_name, uid=uid, error=str(exc))
+                continue
             remembered[uid] = None
             if len(remembered) > NOTIFIED_MEMORY:
                 remembered.popitem(last=False)

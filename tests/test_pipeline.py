@@ -161,3 +161,20 @@ def test_bad_packet_records_are_skipped_alone(tiny_models: TinyModels) -> None:
     lost = {batch.column(1)[3].as_py(), batch.column(1)[100].as_py()}
     kept = {n.uid for n in good.notices} - lost
     assert kept <= {n.uid for n in result.notices}
+
+
+def test_connection_with_empty_uid_is_counted_not_fatal(
+    tiny_models: TinyModels,
+) -> None:
+    """A crossing record whose uid is empty text raises no notice and no error."""
+    scorer = load_scorer("flow", tiny_models.flow)
+    batch = _batches(sample_table("conn"), 10_000)[0]
+    first = Pipeline([scorer]).process(batch, "conn").notices[0]
+    index = batch.schema.get_field_index("uid")
+    uids = ["" if u == first.uid else u for u in batch.column(index).to_pylist()]
+    batch = batch.set_column(index, "uid", pa.array(uids, pa.string()))
+
+    result = Pipeline([scorer]).process(batch, "conn")
+
+    assert result.rejected == 1
+    assert first.uid not in {n.uid for n in result.notices}
