@@ -250,7 +250,8 @@ def test_bad_model_at_startup_exits_before_tailing(
     )
 
     assert proc.returncode == 2
-    assert f"error: model file {bad}" in proc.stderr or str(bad) in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and str(bad) in errors[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "state" / "tail-state.json").exists()
     assert not (tmp_path / "notices" / "bflow_notice.log").exists()
