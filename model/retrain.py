@@ -1105,48 +1105,66 @@ def _retrain_parser() -> argparse.ArgumentParser:
 
 
 def retrain_main(argv: list[str]) -> int:
-    """`bflow retrain`: 0 promoted, 1 rejected by a gate (errors raise)."""
+    """`bflow retrain`: 0 promoted, 1 rejected by a gate (errors raise).
+
+    With `--config` and no `--model`/`--kind`, every model the daemon's
+    config names is retrained in turn; the exit status is then 1 if any
+    was rejected.
+    """
     args = _retrain_parser().parse_args(argv)
-    opts = _options(args)
+    table = _config_table(args.config)
+    targets = _targets(args, table)
+    runs = [_options(args, table, model, kind) for model, kind in targets]
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
 
-    outcome = retrain(opts)
+    status = EXIT_PROMOTED
+    for opts in runs:
+        outcome = retrain(opts)
+        decision = outcome.report["decision"]
+        print(f"{decision}: {outcome.report['version']}  ({outcome.report_path})")
+        for gate in outcome.report["gates"]:
+            print(f"  {gate['verdict']:<8} {gate['name']:<12} {gate['reason']}")
+        if not outcome.promoted and "would promote" not in decision:
+            status = EXIT_REJECTED
 
-    decision = outcome.report["decision"]
-    print(f"{decision}: {outcome.report['version']}  ({outcome.report_path})")
-    for gate in outcome.report["gates"]:
-        print(f"  {gate['verdict']:<8} {gate['name']:<12} {gate['reason']}")
-    if outcome.promoted or (opts.dry_run and "would promote" in decision):
-        return EXIT_PROMOTED
-
-    return EXIT_REJECTED
+    return status
 
 
-def _options(args: argparse.Namespace) -> Options:
+def _config_table(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    from sensor.config import read_toml
+
+    return read_toml(path)
+
+
+def _targets(
+    args: argparse.Namespace, table: dict[str, Any]
+) -> list[tuple[Path, str | None]]:
+    """Which model files to retrain, with their kind when known."""
+    if args.model is not None:
+        return [(Path(args.model), args.kind)]
+    kinds = [args.kind] if args.kind else list(LOG_OF_KIND)
+    found = [(Path(table[f"{k}_model"]), k) for k in kinds if table.get(f"{k}_model")]
+    if not found:
+        raise ConfigError(
+            "which model to retrain is unclear; pass --model FILE, or --config "
+            "with the daemon's file that names flow_model or packet_model"
+        )
+
+    return found
+
+
+def _options(
+    args: argparse.Namespace,
+    table: dict[str, Any],
+    model: Path,
+    kind: str | None,
+) -> Options:
     """Merge flags with the daemon's config file into validated options."""
-    table: dict[str, Any] = {}
-    if args.config is not None:
-        from sensor.config import read_toml
-
-        table = read_toml(args.config)
-
-    kind = args.kind
-    model = args.model
-    if model is None:
-        key = f"{kind}_model" if kind else None
-        choices = [key] if key else ["flow_model", "packet_model"]
-        found = [table[k] for k in choices if table.get(k)]
-        if len(found) != 1:
-            raise ConfigError(
-                "which model to retrain is unclear; pass --model FILE (or "
-                "--config with exactly one model, or --kind to pick one)"
-            )
-        model = Path(found[0])
-        if kind is None:
-            kind = "flow" if table.get("flow_model") == found[0] else "packet"
     model = Path(model).expanduser().absolute()
     if not model.parent.is_dir():
         raise ConfigError(
@@ -1256,7 +1274,10 @@ def rollback_main(argv: list[str]) -> int:
         if len(found) == 1:
             model = Path(found[0])
     if model is None:
-        raise ConfigError("which model to roll back is unclear; pass --model FILE")
+        raise ConfigError(
+            "which model to roll back is unclear; pass --model FILE, or "
+            "--config with --kind flow or --kind packet"
+        )
 
     history = History(Path(model))
     if args.list:

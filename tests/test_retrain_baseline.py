@@ -245,7 +245,7 @@ def test_notices_written_by_the_daemon_are_read_back(
 
 def test_retrain_options_follow_the_daemon_config(tmp_path: Path) -> None:
     """--config finds the model, the dated archive beside logs/current, notices."""
-    from model.retrain import _options, _retrain_parser
+    from model.retrain import _config_table, _options, _retrain_parser, _targets
 
     logs = tmp_path / "zeek" / "logs"
     spool = tmp_path / "zeek" / "spool" / "logger-1"
@@ -264,10 +264,18 @@ def test_retrain_options_follow_the_daemon_config(tmp_path: Path) -> None:
         f'state_dir = "{tmp_path / "state"}"\n'
         f'notice_dir = "{notices}"\n'
         f'flow_model = "{models / "flow.pt"}"\n'
+        f'packet_model = "{models / "packet.pt"}"\n'
     )
 
-    opts = _options(_retrain_parser().parse_args(["--config", str(config)]))
+    args = _retrain_parser().parse_args(["--config", str(config)])
+    table = _config_table(args.config)
+    targets = _targets(args, table)
+    opts = _options(args, table, *targets[0])
 
+    assert targets == [
+        (models / "flow.pt", "flow"),
+        (models / "packet.pt", "packet"),
+    ]
     assert opts.model == models / "flow.pt"
     assert opts.kind == "flow"
     assert opts.archives == [logs]
