@@ -3,10 +3,12 @@
 The archive is what zeekctl or a standalone Zeek leaves behind: dated folders
 (`2026-12-04/conn.09:00:00-10:00:00.log.gz`), standalone rotated names
 (`conn.2026-12-04-09-00-00.log`) and plain `conn.log` files, gzip or not
-(decided by content). File names and `#open` are only a coarse pre-filter:
-they are in the sensor's local time, so a file is read when its name lies
-within a day of the window, and each record is then kept or dropped by its
-own `ts`.
+(decided by content). File names are only a coarse pre-filter: they are
+in the sensor's local time, so a file is read when its name lies within a
+day of the window, and each record is then kept or dropped by its own `ts`.
+`#open` is not used to skip files: `zeek -r` writes the time it ran, not the
+time of the traffic, and a live file opened before the window can still
+hold records inside it.
 
 What is left out of the baseline, and counted:
 
