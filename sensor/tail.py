@@ -69,6 +69,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from sensor.checkpoint import CheckpointStore, FileState
+from sensor.errors import ConfigError
 from sensor.reader import Batch, LogDecoder
 
 log = structlog.get_logger(__name__)
@@ -227,8 +228,9 @@ class LogTailer:
         batch_size: most records per batch.
         poll_interval: seconds between two rescans of the directory.
         finish_grace: seconds a file that is no longer live must stay
-            unchanged before it is finished; also how long an archive file's
-            size must be stable before it is read.
+            unchanged before it is finished; also how long a rotated or
+            archived file found by a rescan must keep its size before it is
+            read.
         read_archive: also read rotated and archived files found at start-up
             that were never read, oldest first.
         archive_dirs: folders holding zeekctl's `YYYY-MM-DD/` archive; by
@@ -237,6 +239,7 @@ class LogTailer:
         watch: use filesystem events as wake-ups (rescans run regardless).
 
     Raises:
+        ConfigError: a number is out of range.
         CheckpointError: the state file is corrupt or in use.
     """
 
@@ -253,6 +256,16 @@ class LogTailer:
         archive_dirs: Collection[Path] | None = None,
         watch: bool = True,
     ):
+        for name, value, low in (
+            ("batch_size", batch_size, 1),
+            ("poll_interval", poll_interval, 0.01),
+            ("finish_grace", finish_grace, 0.0),
+        ):
+            if value < low:
+                raise ConfigError(
+                    f"{name} is {value}, must be at least {low}; "
+                    "fix it in the configuration"
+                )
         self.directory = Path(directory)
         self.log_paths = tuple(log_paths)
         self.batch_size = batch_size

@@ -108,3 +108,13 @@ def test_failed_save_is_a_clear_error_and_keeps_old_state(tmp_path: Path) -> Non
     store.close()
 
     assert state.read_bytes() == before
+
+
+def test_out_of_range_settings_refused(tmp_path: Path) -> None:
+    """A zero poll interval or batch size is a ConfigError naming the setting."""
+    from sensor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="poll_interval is 0"):
+        LogTailer(tmp_path, state_file=tmp_path / "s.json", poll_interval=0)
+    with pytest.raises(ConfigError, match="batch_size is 0"):
+        LogTailer(tmp_path, state_file=tmp_path / "s.json", batch_size=0)
