@@ -264,8 +264,28 @@ def _train_parser() -> argparse.ArgumentParser:
         help="override any TrainConfig field, e.g. latent_dim=16",
     )
     p.add_argument("--checkpoint-dir", type=Path)
+    _threads_option(p)
 
     return p
+
+
+def _threads_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (default: torch's choice); on a host busy "
+        "with other work, 1 is often much faster for these small networks",
+    )
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads is None:
+        return
+    if threads < 1:
+        raise ConfigError(f"--threads {threads}: give 1 or more")
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _overrides(items: list[str]) -> dict[str, Any]:
@@ -300,6 +320,7 @@ def train_main(argv: list[str]) -> int:
     from model.train import TrainConfig, train_three_stage
 
     args = _train_parser().parse_args(argv)
+    _set_threads(args.threads)
     for path in args.input:
         if not path.is_file():
             raise ConfigError(f"--input {path}: no such file")
@@ -422,6 +443,7 @@ def _eval_parser() -> argparse.ArgumentParser:
         "(Stratosphere 'label': Benign / Malicious / Background)",
     )
     p.add_argument("--report", type=Path, help="PNG (default: beside the model)")
+    _threads_option(p)
 
     return p
 
@@ -524,6 +546,7 @@ def eval_main(argv: list[str]) -> int:
     from model.report import detection_metrics, write_report
 
     args = _eval_parser().parse_args(argv)
+    _set_threads(args.threads)
     model = load_model(args.model)
     meta = model.metadata
     if meta.kind == "packet":

@@ -93,9 +93,9 @@ class TrainConfig:
     noise_quantile: float = 0.99
     recon_weight: float = 50.0
     adv_weight: float = 1.0
-    epochs_ae: int = 8
+    epochs_ae: int = 4
     epochs_flow: int = 20
-    epochs_clf: int = 8
+    epochs_clf: int = 6
     min_steps: int = 300
     batch_size: int = 256
     lr: float = 1e-3
