@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import subprocess
 import warnings
@@ -96,8 +97,8 @@ class ModelMetadata:
     torch_version: str = ""
 
     def to_json(self) -> str:
-        """Serialise; NaN and infinities are not allowed (strict JSON)."""
-        return json.dumps(asdict(self), sort_keys=True, allow_nan=False)
+        """Strict JSON: NaN and infinities become null."""
+        return json.dumps(_finite(asdict(self)), sort_keys=True, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelMetadata:
@@ -108,6 +109,18 @@ class ModelMetadata:
             raise ValueError(f"metadata lacks {sorted(missing)}")
 
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None, recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+
+    return value
 
 
 def _code_version() -> str:

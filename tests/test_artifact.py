@@ -240,3 +240,12 @@ def test_packet_model_round_trip_on_real_packets(
         path, expect_kind="packet", expect_feature_schema=feat.to_dict()
     )
     np.testing.assert_allclose(loaded.score(x), trained.score(x), rtol=1e-5, atol=1e-5)
+
+
+def test_non_finite_metadata_values_are_stored_as_null(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    """A NaN metric does not break export; it reads back as None."""
+    path = tmp_path / "nan.pt"
+    export_model(trained, path, _metadata(validation={"auroc": float("nan")}))
+    assert read_metadata(path).validation == {"auroc": None}
