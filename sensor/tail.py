@@ -286,10 +286,9 @@ class LogTailer:
         # Coarse file-system clocks: lean towards reading a file once more.
         self._resume_after = None if scanned is None else scanned - MTIME_SLACK_S
         self._scan_wall = 0.0
-        # Inodes of files the state has not seen to their end.
-        self._resumable = {
-            (st.dev, st.ino) for st in self._store.files.values() if not st.done
-        }
+        # Inodes of files the state has not seen to their end. Device
+        # numbers can change across a reboot; a false match costs one probe.
+        self._resumable = {st.ino for st in self._store.files.values() if not st.done}
         self._files: list[_File] = []
         self._live: dict[str, _File] = {}
         self._keys_seen: set[str] = set()
@@ -731,7 +730,7 @@ class LogTailer:
             or ident not in self._startup_files
             or (self._resume_after is not None and st.st_mtime > self._resume_after)
         )
-        if not read_unknown and ident not in self._resumable:
+        if not read_unknown and st.st_ino not in self._resumable:
             # History, and not a file the state knows under this inode:
             # leave it unopened (a years-old archive is not probed).
             self._passed[ident] = signature

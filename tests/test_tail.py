@@ -752,3 +752,34 @@ def test_live_gzip_followed_as_it_grows(
 
     assert f.uids == Counter(uid_of(r) for r in rows[:30])
     assert t.stats.gzip_errors == 0 and t.stats.bad_files == 0
+
+
+def test_uncommitted_rest_of_file_renamed_while_down(
+    tmp_path: Path, lab: tuple[bytes, list[bytes]]
+) -> None:
+    """A file renamed while down, unchanged since, resumes at its commit."""
+    header, rows = lab
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    live = folder / "conn.log"
+    state = tmp_path / "state.json"
+    live.write_bytes(header + b"".join(rows[:40]))
+    # Old enough that only the state's inode, not the mtime, can bring it back.
+    old = time.time() - 60
+    os.utime(live, (old, old))
+
+    with tailer(folder, state, batch_size=10) as t:
+        f = Follower(t, commit=False)
+        f.until(lambda: sum(f.uids.values()) == 40)
+        t.commit([f.batches[0].cursor])
+    os.rename(live, folder / "conn.2026-12-04-10-00-00.log")
+    (folder / "conn.log").write_bytes(
+        header.replace(b"#open\t", b"#open\tnew ") + rows[40]
+    )
+
+    with tailer(folder, state, batch_size=10) as t:
+        again = Follower(t)
+        again.until(lambda: sum(again.uids.values()) == 31)
+        again.poll_for(0.6)
+
+    assert again.uids == Counter(uid_of(r) for r in rows[10:41])
