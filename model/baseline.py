@@ -22,9 +22,10 @@ What is left out of the baseline, and counted:
 - every connection touching a host on the operator's deny list (neither
   baseline nor known-bad: a deny list says "not normal", not "attack").
 
-Known shortcoming: all kept records are held in memory before the optional
-subsample to `max_records`; a site with tens of millions of connections a
-week should lower the window or read fewer folders until this streams.
+Memory: clean records are sampled uniformly while the archive is read
+(`max_records`), so a long window costs time, not memory. Records that
+raised notices are all kept; known shortcoming: a window full of noticed
+scans can make that set large.
 """
 
 import gzip
@@ -425,7 +426,7 @@ def select(
         ),
         0,
     )
-    kept: list[pa.Table] = []
+    sample = _Sample(max_records, seed)
     bad: list[pa.Table] = []
     files: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -455,7 +456,8 @@ def select(
             counts["files_unreadable"] += 1
             log.warning("file.unreadable", path=str(entry.path), error=str(exc))
             continue
-        kept += file_kept
+        for table in file_kept:
+            sample.add(table)
         bad += file_bad
         for key, value in file_stats.items():
             counts[key] += value
@@ -464,13 +466,8 @@ def select(
             {"path": str(entry.path), "sha256": _file_hash(entry.path)} | file_counts
         )
 
-    clean = concat_tables(kept)
-    clean = _sort_by_ts(clean)
-    if max_records and clean.num_rows > max_records:
-        rng = np.random.default_rng(seed)
-        picks = np.sort(rng.choice(clean.num_rows, max_records, replace=False))
-        counts["records_subsampled_out"] = clean.num_rows - max_records
-        clean = clean.take(pa.array(picks))
+    clean = _sort_by_ts(sample.result())
+    counts["records_subsampled_out"] = sample.dropped
 
     n_hold = int(round(clean.num_rows * holdout_fraction))
     baseline = clean.slice(0, clean.num_rows - n_hold)
@@ -495,6 +492,52 @@ def select(
         window=(start.isoformat(), now.isoformat()),
         time_range=time_range,
     )
+
+
+class _Sample:
+    """A uniform sample of at most `cap` records, kept while reading.
+
+    Each record draws a random key and the `cap` smallest keys win (a
+    bottom-k sample), so memory stays near twice `cap` however long the
+    window is, and every record has the same chance. `cap` 0 keeps all.
+    """
+
+    _KEY = "__sample_key"
+
+    def __init__(self, cap: int, seed: int) -> None:
+        self.cap = cap
+        self.rng = np.random.default_rng(seed)
+        self.tables: list[pa.Table] = []
+        self.rows = 0
+        self.dropped = 0
+
+    def add(self, table: pa.Table) -> None:
+        if self.cap:
+            keys = self.rng.random(table.num_rows)
+            table = table.append_column(self._KEY, pa.array(keys))
+        self.tables.append(table)
+        self.rows += table.num_rows
+        if self.cap and self.rows > 2 * self.cap:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        table = concat_tables(self.tables)
+        keys = table.column(self._KEY).to_numpy()
+        cut = np.partition(keys, self.cap - 1)[self.cap - 1]
+        kept = table.filter(pa.array(keys <= cut))
+        self.dropped += table.num_rows - kept.num_rows
+        self.tables = [kept]
+        self.rows = kept.num_rows
+
+    def result(self) -> pa.Table:
+        """The sample, without its keys."""
+        if self.cap and self.rows > self.cap:
+            self._shrink()
+        table = concat_tables(self.tables)
+        if self._KEY in table.schema.names:
+            table = table.drop_columns([self._KEY])
+
+        return table
 
 
 def _read_one(

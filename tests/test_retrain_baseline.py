@@ -2,6 +2,7 @@
 
 import gzip
 import shutil
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -313,3 +314,40 @@ def test_unreadable_notice_log_stops_the_retraining(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match="could learn attacks as normal"):
         bl.read_notices([bad], allow=bl.HostList())
+
+
+def test_sample_is_capped_and_drawn_from_every_file(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """With max_records the baseline is a uniform sample across the window."""
+    sizes = {}
+    for day, run in enumerate(("benign-1", "benign-2", "benign-3")):
+        src = data_dir / "lab" / run / "zeek" / "conn.log"
+        folder = tmp_path / f"2026-12-0{4 + day}"
+        folder.mkdir()
+        (folder / "conn.17:00:00-18:00:00.log").write_bytes(_shift(src, day))
+        sizes[run] = len(
+            [x for x in src.read_text().splitlines() if not x.startswith("#")]
+        )
+
+    sel = bl.select(
+        [tmp_path],
+        log_path="conn",
+        now=datetime(2026, 12, 8, tzinfo=UTC),
+        window=timedelta(days=7),
+        holdout_fraction=0.0,
+        max_records=300,
+    )
+
+    total = sum(sizes.values())
+    assert sel.baseline.num_rows == 300
+    assert sel.counts["records_subsampled_out"] == total - 300
+    assert "__sample_key" not in sel.baseline.schema.names
+    days = Counter(
+        datetime.fromtimestamp(t.timestamp(), UTC).day
+        for t in sel.baseline.column("ts").to_pylist()
+    )
+    # Each day holds about a third of the records; each gets its share.
+    for day, run in zip((4, 5, 6), sizes, strict=True):
+        share = 300 * sizes[run] / total
+        assert abs(days[day] - share) < 0.3 * share
