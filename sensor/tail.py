@@ -456,7 +456,7 @@ class LogTailer:
         observer = Observer()
         try:
             for path in wanted:
-                observer.schedule(_Wakeup(self), path, recursive=path != wanted[0])
+                observer.schedule(_Wakeup(self), path, recursive=False)
             observer.start()
         except OSError as exc:
             with contextlib.suppress(Exception):
@@ -486,11 +486,13 @@ class LogTailer:
         self._rescan_asked = True
 
     def _watch_dirs(self) -> tuple[str, ...]:
+        # Only the live folder: archive files must hold still for
+        # finish_grace before they are read, so the rescan is soon enough
+        # for them, and a years-deep archive would cost one inotify watch
+        # per folder.
         root = os.path.realpath(self.directory)
-        dirs = [root] if os.path.isdir(root) else []
-        dirs += [str(p) for p in self.archive_dirs if p.is_dir()]
 
-        return tuple(dirs)
+        return (root,) if os.path.isdir(root) else ()
 
     def _stop_observer(self) -> None:
         observer, self._observer = self._observer, None
