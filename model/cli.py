@@ -480,12 +480,17 @@ def _label_rows(
     from model.datasets import LabelIndex, read_labels
 
     rows = read_labels(labels_path)
-    index = LabelIndex([_anywhere(r) for r in rows])
     label = np.full(n, "", dtype=object)
     family = np.full(n, "", dtype=object)
     conn = np.full(n, -1, dtype=np.int64)
     at = 0
-    for table, keep in zip(data.tables, data.kept, strict=True):
+    for t, (table, keep) in enumerate(zip(data.tables, data.kept, strict=True)):
+        # Rows of this capture when the label file names it (its `pcap`
+        # ends the input's path), else every row.
+        path = data.sources[t]["path"] if kind == "packet" else ""
+        mine = [i for i, r in enumerate(rows) if path and path.endswith(r.pcap)]
+        ids = mine or list(range(len(rows)))
+        index = LabelIndex([_anywhere(rows[i]) for i in ids])
         kept_rows = np.flatnonzero(keep)
         keys = _connection_keys(table, kind)
         for j, i in enumerate(kept_rows):
@@ -494,9 +499,9 @@ def _label_rows(
                 continue
             found = index.find("", *key)
             if found >= 0:
-                label[at + j] = index.labels[found].label
-                family[at + j] = index.labels[found].family
-                conn[at + j] = found
+                label[at + j] = rows[ids[found]].label
+                family[at + j] = rows[ids[found]].family
+                conn[at + j] = ids[found]
         at += len(kept_rows)
 
     return label, family, conn

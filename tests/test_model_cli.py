@@ -70,6 +70,7 @@ def test_train_then_eval_packet_model(
     printed = capsys.readouterr().out
     assert code == 0
     assert "per connection" in printed and "family" in printed
+    assert " 0 unlabeled" in printed
     last = printed.strip().splitlines()[-1].split()
     assert [p.split("=")[0] for p in last] == [
         "auroc",
