@@ -5,9 +5,11 @@ from `../shared` beside the checkout (or from $BFLOW_SHARED).
 """
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("BFLOW_SHARED", REPO.parent / "shared")).resolve()
@@ -29,3 +31,15 @@ def cases_dir() -> Path:
     if not CASES.is_dir():
         pytest.skip(f"fault cases not found at {CASES}; set BFLOW_SHARED")
     return CASES
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Start and leave each test with structlog's defaults.
+
+    `bflow` commands configure structlog for the whole process; a test that
+    runs one in-process must not change how the next test logs.
+    """
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

@@ -4,14 +4,12 @@ Each test is one row of a case's "Expected" table, read from the case's own
 files in place.
 """
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from sensor.errors import LogFormatError
@@ -23,18 +21,6 @@ from sensor.reader import (
     ReadStats,
     read_log,
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    """Start each test with structlog's defaults and leave them behind.
-
-    `bflow` commands configure structlog to print to the sys.stderr of the
-    moment, which under pytest is a capture stream closed after the test.
-    """
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 def read(path: Path, **kwargs: Any) -> tuple[list[Batch], ReadStats]:

@@ -4,26 +4,12 @@ import base64
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from sensor.cli import main as bflow
 from tests.conftest import REPO
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    """Start each test with structlog's defaults and leave them behind.
-
-    `bflow` commands configure structlog to print to the sys.stderr of the
-    moment, which under pytest is a capture stream closed after the test.
-    """
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 def test_jsonl_records_and_limit(

@@ -14,7 +14,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import structlog
 from zat.log_to_dataframe import LogToDataFrame
 from zat.zeek_log_reader import ZeekLogReader
 
@@ -28,18 +27,6 @@ BRO_22_CONN = "zat/data/conn.log"
 STRATOSPHERE_CONN = (
     "stratosphere-security-datasets/008-zeek-mixed/data/conn.log.labeled"
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    """Start each test with structlog's defaults and leave them behind.
-
-    `bflow` commands configure structlog to print to the sys.stderr of the
-    moment, which under pytest is a capture stream closed after the test.
-    """
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 BASELINE = "zeek-btest/Baseline"

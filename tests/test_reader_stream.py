@@ -6,12 +6,10 @@ pieces and check that nothing depends on where the pieces were cut.
 
 import gzip
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,18 +22,6 @@ CASES_FILES = (
     "05-json-lines-dotted-keys/conn.log",
     "15-header-block-changes/conn_two_blocks.log",
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    """Start each test with structlog's defaults and leave them behind.
-
-    `bflow` commands configure structlog to print to the sys.stderr of the
-    moment, which under pytest is a capture stream closed after the test.
-    """
-    structlog.reset_defaults()
-    yield
-    structlog.reset_defaults()
 
 
 def messy(cases_dir: Path) -> bytes:
