@@ -57,15 +57,19 @@ def _wait_for(predicate: object, timeout: float = 30) -> None:
 def test_end_to_end_exactly_once_across_a_rotation(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    """Logs written progressively and rotated midway give each notice once."""
+    """Logs written progressively, rotated midway, give each notice once."""
     from zat.log_to_dataframe import LogToDataFrame
 
     from sensor.reader import read_log
 
     port = _free_port()
+    # The daemon watches a zeekctl-style `current` symlink to the log folder.
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "current").symlink_to(tmp_path / "logs")
     daemon = DaemonProcess(
         tmp_path,
         tiny_models,
+        f"--log-dir={tmp_path / 'current'}",
         "--stop-when-idle=3",
         f"--metrics-port={port}",
         "--summary-interval=0.5",
