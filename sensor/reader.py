@@ -242,6 +242,10 @@ class _Header:
 def _json_object(line: bytes) -> bool:
     try:
         return isinstance(json.loads(line), dict)
+    except RecursionError:
+        # Nested too deep to parse, but it opens with `{`: an object, and
+        # a record the decoder will skip and count.
+        return line.startswith(b"{")
     except ValueError:
         return False
 
@@ -345,6 +349,18 @@ class LogDecoder:
         Raises:
             LogFormatError: the stream is not a Zeek log (first line).
         """
+        if len(data) <= self.max_line:
+            return self._feed_piece(data)
+
+        # In pieces no longer than a line may be, so that a long line is
+        # seen while it is held, however the stream was cut.
+        batches: list[Batch] = []
+        for at in range(0, len(data), self.max_line):
+            batches += self._feed_piece(data[at : at + self.max_line])
+
+        return batches
+
+    def _feed_piece(self, data: bytes) -> list[Batch]:
         if self._discarding:
             # Inside a line too long to hold: drop bytes up to its end.
             newline = data.find(b"\n")
@@ -362,6 +378,11 @@ class LogDecoder:
             if len(self._tail) > self.max_line:
                 return self._start_discarding()
             return []
+        if self.format is not None and len(self._tail) + data.find(b"\n") > (
+            self.max_line
+        ):
+            # The held line ends here, longer than a line may be.
+            return self._start_discarding() + self._feed_piece(data)
         if self._tail:
             self._tail += data[: last + 1]
             chunk = bytes(self._tail)
@@ -956,7 +977,7 @@ class LogDecoder:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 self._skip(first_line + index, f"not JSON: {exc}")
                 continue
             if not isinstance(record, dict):
@@ -1013,7 +1034,7 @@ class LogDecoder:
                 continue
             try:
                 record = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 record = None
             path = record.get("_path") if isinstance(record, dict) else None
             self._json_path = self.log_path or (path if isinstance(path, str) else None)
@@ -1075,29 +1096,37 @@ def _infer_zeek_type(key: str, present: list[Any]) -> str:
     return "string"
 
 
+def _json_micros(value: Any) -> int:
+    """A JSON time or interval (epoch seconds or ISO 8601) in microseconds."""
+    if isinstance(value, bool):
+        raise ValueError("bool is not a time")
+    if isinstance(value, int):
+        return value * 1_000_000
+    if isinstance(value, float):
+        return round(value * 1_000_000)
+    if isinstance(value, str):
+        try:
+            return round(float(value) * 1_000_000)
+        except ValueError:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                raise ValueError(f"time {value!r} has no time zone") from None
+            delta = moment - datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+            return (
+                delta.days * 86_400_000_000
+                + delta.seconds * 1_000_000
+                + delta.microseconds
+            )
+    raise ValueError(f"{value!r} is not a time")
+
+
 def _json_scalar(value: Any, zeek_type: str) -> Any:
     """One JSON value as the Python value of its Arrow type."""
     if zeek_type in ("time", "interval"):
-        if isinstance(value, bool):
-            raise ValueError("bool is not a time")
-        if isinstance(value, int):
-            return value * 1_000_000
-        if isinstance(value, float):
-            return round(value * 1_000_000)
-        if isinstance(value, str):
-            try:
-                return round(float(value) * 1_000_000)
-            except ValueError:
-                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-                if moment.tzinfo is None:
-                    raise ValueError(f"time {value!r} has no time zone") from None
-                delta = moment - datetime.fromisoformat("1970-01-01T00:00:00+00:00")
-                return (
-                    delta.days * 86_400_000_000
-                    + delta.seconds * 1_000_000
-                    + delta.microseconds
-                )
-        raise ValueError(f"{value!r} is not a time")
+        micros = _json_micros(value)
+        if not -(2**63) <= micros < 2**63:
+            raise ValueError(f"time {value!r} is out of range")
+        return micros
     if zeek_type in ("count", "counter", "int", "port"):
         if isinstance(value, str) and zeek_type == "port":
             value = int(value.split("/", 1)[0])
@@ -1169,18 +1198,77 @@ def _json_column(values: list[Any], zeek_type: str) -> tuple[pa.Array, list[int]
 # -- files ----------------------------------------------------------------
 
 
-class _GzipStream(io.RawIOBase):
-    """Decompress a gzip file as a stream that ends quietly where it breaks.
+class Gunzip:
+    """Incremental decompression of a gzip stream, member after member.
 
-    A gzip cut short (Zeek killed mid-write, compression in flight) yields
-    everything decompressed so far; `error` then says what was wrong.
-    Multi-member files (concatenated gzip) are read member after member.
+    Concatenated members (gzip allows them; an appending compressor makes
+    them) read as one stream. At damaged data `feed` still returns all that
+    came before the damage, sets `error`, and ignores whatever follows, so
+    whole lines before a bad spot or a bad trailer are never lost.
+
+    Attributes:
+        error: why the stream broke, None while it is fine.
+        in_member: a member has started and not ended yet; if the stream
+            ends now, it was cut short.
+    """
+
+    def __init__(self) -> None:
+        self._inflate = zlib.decompressobj(wbits=31)
+        self.error: str | None = None
+        self.in_member = False
+
+    def feed(self, data: bytes) -> bytes:
+        """Decompress the next compressed bytes; b"" once broken."""
+        out: list[bytes] = []
+        while data and self.error is None:
+            before = self._inflate.copy()
+            try:
+                out.append(self._inflate.decompress(data))
+            except zlib.error as exc:
+                out.append(_inflate_until_damage(before, data))
+                self.error = f"corrupt gzip data: {exc}"
+                self.in_member = False
+                break
+            self.in_member = not self._inflate.eof
+            if not self._inflate.eof:
+                break
+            data = self._inflate.unused_data
+            self._inflate = zlib.decompressobj(wbits=31)
+
+        return b"".join(out)
+
+
+def _inflate_until_damage(state: Any, data: bytes) -> bytes:
+    """What `state` decompresses from the longest prefix of `data` it takes.
+
+    zlib gives nothing back from a call that fails, so the damaged spot is
+    found by halving: the output before it is all a prefix yields.
+    """
+    good, bad, out = 0, len(data), b""
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        try:
+            out = state.copy().decompress(data[:middle])
+        except zlib.error:
+            bad = middle
+        else:
+            good = middle
+
+    return out
+
+
+class _GzipStream(io.RawIOBase):
+    """A gzip file as a byte stream that ends quietly where it breaks.
+
+    A gzip cut short (Zeek killed mid-write, compression in flight) or
+    damaged yields everything decompressed before that; `error` then says
+    what was wrong.
     """
 
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
         self._raw = raw
-        self._inflate = zlib.decompressobj(wbits=31)
+        self._gunzip = Gunzip()
         self._ready = b""
         self._done = False
         self.error: str | None = None
@@ -1201,18 +1289,13 @@ class _GzipStream(io.RawIOBase):
         compressed = self._raw.read(READ_CHUNK)
         if not compressed:
             self._done = True
-            if not self._inflate.eof or self._inflate.unconsumed_tail:
+            if self._gunzip.in_member:
                 self.error = "gzip stream ends early (no trailer)"
             return
-        try:
-            self._ready = self._inflate.decompress(compressed)
-            while self._inflate.eof and self._inflate.unused_data:
-                rest = self._inflate.unused_data
-                self._inflate = zlib.decompressobj(wbits=31)
-                self._ready += self._inflate.decompress(rest)
-        except zlib.error as exc:
+        self._ready = self._gunzip.feed(compressed)
+        if self._gunzip.error is not None:
             self._done = True
-            self.error = f"corrupt gzip data: {exc}"
+            self.error = self._gunzip.error
 
     def close(self) -> None:
         self._raw.close()

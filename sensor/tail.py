@@ -58,7 +58,6 @@ import re
 import stat as stat_mod
 import threading
 import time
-import zlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,13 +69,12 @@ from watchdog.observers import Observer
 
 from sensor.checkpoint import CheckpointStore, FileState
 from sensor.errors import ConfigError
-from sensor.reader import Batch, LogDecoder
+from sensor.reader import Batch, Gunzip, LogDecoder
 
 log = structlog.get_logger(__name__)
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 READ_CHUNK: Final = 1 << 20
-GZIP_PIECE: Final = 4 << 10
 POLL_READ_BUDGET: Final = 16 << 20
 # A header longer than this is not waited for: the key is its first bytes.
 HEAD_LIMIT: Final = 1 << 20
@@ -177,9 +175,7 @@ class _File:
     raw_pos: int = 0
     is_gzip: bool | None = None
     raw_head: bytes = b""
-    gunzip: Any = None
-    # Inside a gzip member: the stream ending here means it was cut.
-    gzip_open: bool = False
+    gunzip: Gunzip | None = None
     # Decompressed bytes held back until the file's key is known.
     head: bytearray = field(default_factory=bytearray)
     key: str | None = None
@@ -841,43 +837,24 @@ class LogTailer:
             data, f.raw_head = f.raw_head, b""
             f.is_gzip = data[:2] == GZIP_MAGIC
             if f.is_gzip:
-                f.gunzip = zlib.decompressobj(wbits=31)
+                f.gunzip = Gunzip()
 
         if not f.is_gzip:
             return self._feed(f, data)
 
-        out: list[bytes] = []
-        try:
-            self._gunzip(f, data, out)
-        except zlib.error as exc:
+        assert f.gunzip is not None
+        batches = self._feed(f, f.gunzip.feed(data))
+        if f.gunzip.error is not None:
             # Whole lines decoded before the damage are kept; the rest of
             # the file is given up.
-            batches = self._feed(f, b"".join(out))
             self.stats.gzip_errors += 1
-            log.error("gzip.corrupt", path=f.path, offset=f.raw_pos, error=str(exc))
-            f.gzip_open = False
+            log.error(
+                "gzip.corrupt", path=f.path, offset=f.raw_pos, error=f.gunzip.error
+            )
             batches += self._finish(f)
             self._bad.add((f.dev, f.ino))
-            return batches
 
-        return self._feed(f, b"".join(out))
-
-    def _gunzip(self, f: _File, data: bytes, out: list[bytes]) -> None:
-        """Decompress more of a (multi-member) gzip stream into `out`.
-
-        Input goes in small pieces, so that what came out before a damaged
-        spot is already in `out` when zlib raises.
-        """
-        view = memoryview(data)
-        while view:
-            piece, view = view[:GZIP_PIECE], view[GZIP_PIECE:]
-            while piece:
-                out.append(f.gunzip.decompress(piece))
-                f.gzip_open = not f.gunzip.eof
-                if not f.gunzip.eof:
-                    break
-                piece = memoryview(f.gunzip.unused_data)
-                f.gunzip = zlib.decompressobj(wbits=31)
+        return batches
 
     def _feed(self, f: _File, data: bytes) -> list[Batch]:
         """Decompressed bytes: find the file's key first, then decode."""
@@ -974,7 +951,7 @@ class LogTailer:
         if f.is_gzip is None and f.raw_head:
             f.is_gzip = False
             batches += self._feed(f, f.raw_head)
-        if f.gzip_open:
+        if f.gunzip is not None and f.gunzip.in_member:
             self.stats.gzip_errors += 1
             log.error("gzip.truncated", path=f.path, offset=f.raw_pos)
         if f.decoder is None and f.head and not f.head.endswith(b"\n"):

@@ -214,12 +214,17 @@ def _parse_micros(raw: bytes) -> int:
         number = float(text)
         if number != number or number in (float("inf"), float("-inf")):
             raise ValueError(f"not a finite number: {text!r}")
-        return round(number * _MICROS)
-    whole = int(match.group("i"))
-    frac = int((match.group("f") or "").ljust(6, "0"))
-    micros = abs(whole) * _MICROS + frac
+        micros = round(number * _MICROS)
+    else:
+        whole = int(match.group("i"))
+        frac = int((match.group("f") or "").ljust(6, "0"))
+        micros = abs(whole) * _MICROS + frac
+        micros = -micros if text.startswith("-") else micros
+    if not _INT64_MIN <= micros <= _INT64_MAX:
+        # Arrow keeps times as int64 microseconds (about +-292,000 years).
+        raise ValueError(f"{text!r} seconds is out of range")
 
-    return -micros if text.startswith("-") else micros
+    return micros
 
 
 def _six_decimals(values: pa.Array) -> pa.Array | None:
