@@ -96,7 +96,7 @@ def test_scores_are_float64_one_per_record(
 
 def test_same_seed_gives_the_same_model(benign_packets: np.ndarray) -> None:
     """Two runs with one seed score identically; another seed does not."""
-    cfg = small_config(epochs_ae=1, epochs_flow=1, epochs_clf=1)
+    cfg = small_config(**_one_epoch())
     x, v = benign_packets[:400], benign_packets[400:500]
     first = train_three_stage(x, v, cfg).score(v)
     again = train_three_stage(x, v, cfg).score(v)
@@ -106,7 +106,7 @@ def test_same_seed_gives_the_same_model(benign_packets: np.ndarray) -> None:
 
 
 def _one_epoch() -> dict[str, object]:
-    return {"epochs_ae": 1, "epochs_flow": 1, "epochs_clf": 1}
+    return {"epochs_ae": 1, "epochs_flow": 1, "epochs_clf": 1, "min_steps": 15}
 
 
 def test_checkpoints_resume_a_finished_run(
