@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -123,7 +124,7 @@ class CheckpointStore:
             saved_at = float(doc["saved_at"])
             scanned = doc.get("scanned_at")
             scanned_at = None if scanned is None else float(scanned)
-        except (ValueError, TypeError, KeyError) as exc:
+        except (ValueError, TypeError, KeyError, RecursionError) as exc:
             raise CheckpointError(
                 f"state file {self.path} is corrupt ({exc}); it is written "
                 "atomically, so this means the disk or another program changed "
@@ -205,19 +206,39 @@ def _parse_state(doc: Any) -> dict[str, FileState]:
 
     out: dict[str, FileState] = {}
     for key, entry in files.items():
+        if not isinstance(entry, dict):
+            raise TypeError(f"entry of file {key} is not an object")
         state = FileState(
-            offset=int(entry["offset"]),
-            path=str(entry.get("path", "")),
-            dev=int(entry.get("dev", 0)),
-            ino=int(entry.get("ino", 0)),
-            done=bool(entry.get("done", False)),
-            updated=float(entry.get("updated", 0.0)),
+            offset=_typed(entry, "offset", int, None),
+            path=_typed(entry, "path", str, ""),
+            dev=_typed(entry, "dev", int, 0),
+            ino=_typed(entry, "ino", int, 0),
+            done=_typed(entry, "done", bool, False),
+            updated=_typed(entry, "updated", float, 0.0),
         )
         if state.offset < 0:
             raise ValueError(f"negative offset {state.offset} for file {key}")
+        if not math.isfinite(state.updated):
+            raise ValueError(f"updated {state.updated} of file {key} is not finite")
         out[str(key)] = state
 
     return out
+
+
+def _typed(entry: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    """One value of a state entry, of the type the state writes, or its default.
+
+    Nothing is converted: "false" is not False and 1.7 is not an offset, so
+    a hand edit or damage is an error rather than a silent change of meaning.
+    """
+    value = entry.get(name, default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    # bool is an int to Python, but never an offset or an inode.
+    if isinstance(value, bool) is not (kind is bool) or not isinstance(value, kind):
+        raise TypeError(f"{name} {value!r} is not of type {kind.__name__}")
+
+    return value
 
 
 @contextlib.contextmanager
