@@ -282,8 +282,10 @@ class NoticeWriter:
             raise _disk_error(self.path, exc) from exc
 
     def _attach(self) -> None:
-        head = _read_head(self.path)
-        if NOTICE_FORMAT.fields_line() not in head.split(b"\n"):
+        head = _read_head(self.path).split(b"\n")
+        fields = [line for line in head if line.startswith(b"#fields\t")]
+        # Zeek's reader takes the first #fields line: it must be ours.
+        if fields[:1] != [NOTICE_FORMAT.fields_line()]:
             log.warning(
                 "notice_log.schema_changed",
                 path=str(self.path),
@@ -480,8 +482,11 @@ def _records(path: Path) -> Iterable[dict[str, object]]:
     with open(path, "rb") as src:
         for line in src:
             if line.startswith(b"#"):
-                if line.startswith(b"#fields\t"):
-                    names = line.rstrip(b"\n").decode().split("\t")[1:]
+                # Like Zeek's reader: the first #fields line names the fields
+                # and later ones are no header (case 18).
+                if names is None and line.startswith(b"#fields\t"):
+                    fields = line.rstrip(b"\n").split(b"\t")[1:]
+                    names = [f.decode("utf-8", "backslashreplace") for f in fields]
                 continue
             if names is None:
                 continue
