@@ -565,6 +565,8 @@ class LogDecoder:
             self.closed = True
         elif key == b"set_separator":
             header.markers = replace(header.markers, set_separator=unescape(value))
+            if not header.markers.set_separator:
+                header.broken = "empty #set_separator"
         elif key == b"empty_field":
             header.markers = replace(header.markers, empty=unescape(value))
         elif key == b"unset_field":
@@ -852,6 +854,11 @@ class LogDecoder:
                 bad |= invalid
             arrays[name] = typed
             zeek_types[name] = zeek_type
+
+        if not arrays:
+            for line_no in line_numbers.tolist():
+                self._skip(line_no, "no field of the header has a name")
+            return None, None
 
         log_path = header.path or self.log_path
         records = self._assemble(arrays, zeek_types, log_path, header.open)

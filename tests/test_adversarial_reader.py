@@ -152,3 +152,21 @@ def test_overlong_line_skipped_whatever_the_chunking(cases_dir: Path) -> None:
         assert uids(batches) == ["CzQ1mE8rT5yUi3Op9a"], size
         assert decoder.stats.skipped == 1
         assert batches[-1].end_offset == len(data)
+
+
+def test_empty_set_separator_is_an_unusable_header(cases_dir: Path) -> None:
+    """An empty `#set_separator` makes the block's lines skipped, not a crash."""
+    header, lines = conn_lines(cases_dir)
+    broken = header.replace(b"#set_separator\t,", b"#set_separator\t")
+    batches, decoder = decode(broken + b"".join(lines))
+    assert batches == []
+    assert decoder.stats.skipped == 4
+
+
+def test_header_without_field_names_counts_its_lines(cases_dir: Path) -> None:
+    """Lines under a `#fields` line with no names are skipped and counted."""
+    header, lines = conn_lines(cases_dir)
+    nameless = b"#separator \\x09\n#fields\t\n#types\tstring\n"
+    batches, decoder = decode(nameless + b"x\ny\n" + header + lines[0])
+    assert uids(batches) == ["CAb3xK2mQ9vTz1Lp7e"]
+    assert decoder.stats.skipped == 2
