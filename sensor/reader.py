@@ -33,6 +33,7 @@ Rules the decoder keeps (cases 01-07, 10, 11 and 15 in `shared/cases`):
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
@@ -248,6 +249,22 @@ def _json_object(line: bytes) -> bool:
         return line.startswith(b"{")
     except ValueError:
         return False
+
+
+def _is_utf8(block: memoryview) -> bool:
+    """Whether a block is valid UTF-8.
+
+    pyarrow's CSV reader decodes a rejected row as UTF-8 before it calls the
+    handler; on other bytes it fails the block and prints a traceback.
+    """
+    if not len(block) or np.frombuffer(block, dtype=np.uint8).max() < 0x80:
+        return True
+    try:
+        codecs.utf_8_decode(block, "strict", True)
+    except UnicodeDecodeError:
+        return False
+
+    return True
 
 
 def _next_hash_line(chunk: bytes, start: int) -> int | None:
@@ -751,6 +768,7 @@ class LogDecoder:
             and len(separator) == 1
             and separator[0] < 0x80
             and separator not in b"\n\r"
+            and _is_utf8(block)
         )
         if not simple:
             return self._split_tsv_python(block, line_numbers, width)
@@ -762,7 +780,36 @@ class LogDecoder:
             return "skip"
 
         names = [f"f{i}" for i in range(width)]
-        table = pacsv.read_csv(
+        try:
+            table = self._read_csv(block, names, separator, unset, reject)
+        except pa.ArrowInvalid:
+            # A row pyarrow could not hand to `reject`: read the block the
+            # exact, slower way rather than give it up.
+            return self._split_tsv_python(block, line_numbers, width)
+        if table.num_rows + len(rejected) != lines_total:
+            # Blank lines were dropped, so rows no longer map to line
+            # numbers: read this (rare) block the exact, slower way.
+            return self._split_tsv_python(block, line_numbers, width)
+        keep = np.ones(lines_total, dtype=bool)
+        for number, actual in rejected:
+            keep[number - 1] = False
+            self._skip(
+                int(line_numbers[number - 1]), f"{actual} fields, expected {width}"
+            )
+        columns = [column.combine_chunks() for column in table.columns]
+
+        return columns, line_numbers[keep]
+
+    def _read_csv(
+        self,
+        block: memoryview,
+        names: list[str],
+        separator: bytes,
+        unset: str,
+        reject: Any,
+    ) -> pa.Table:
+        """Split a block with pyarrow's CSV reader: raw binary columns."""
+        return pacsv.read_csv(
             pa.BufferReader(pa.py_buffer(block)),
             read_options=pacsv.ReadOptions(
                 column_names=names,
@@ -785,19 +832,6 @@ class LogDecoder:
                 check_utf8=False,
             ),
         )
-        if table.num_rows + len(rejected) != lines_total:
-            # Blank lines were dropped, so rows no longer map to line
-            # numbers: read this (rare) block the exact, slower way.
-            return self._split_tsv_python(block, line_numbers, width)
-        keep = np.ones(lines_total, dtype=bool)
-        for number, actual in rejected:
-            keep[number - 1] = False
-            self._skip(
-                int(line_numbers[number - 1]), f"{actual} fields, expected {width}"
-            )
-        columns = [column.combine_chunks() for column in table.columns]
-
-        return columns, line_numbers[keep]
 
     def _split_tsv_python(
         self, block: memoryview, line_numbers: np.ndarray, width: int

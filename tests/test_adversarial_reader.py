@@ -170,3 +170,16 @@ def test_header_without_field_names_counts_its_lines(cases_dir: Path) -> None:
     batches, decoder = decode(nameless + b"x\ny\n" + header + lines[0])
     assert uids(batches) == ["CAb3xK2mQ9vTz1Lp7e"]
     assert decoder.stats.skipped == 2
+
+
+def test_raw_byte_in_a_line_of_wrong_width_is_one_skip(cases_dir: Path) -> None:
+    """Case 14's raw 0x92 byte on a line with an extra field skips that line."""
+    raw = (cases_dir / "14-watchdog-event-loss/conn_raw_non_utf8_byte.log").read_bytes()
+    lines = raw.splitlines(keepends=True)
+    first = lines[8]
+    assert b"\x92" in first
+    widened = first.replace(b"\n", b"\textra\n")
+    data = b"".join(lines[:8]) + widened + b"".join(lines[9:])
+    batches, decoder = decode(data)
+    assert uids(batches) == ["Cwd1oo0000000000o2"]
+    assert decoder.stats.skipped == 1
