@@ -115,3 +115,14 @@ def test_missing_input_is_a_config_error(tmp_path: Path) -> None:
             ["--kind", "packet", "--input", str(tmp_path / "absent.pcap")]
             + ["--out", str(tmp_path / "m.pt")]
         )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+def test_cuda_without_a_gpu_is_a_config_error(data_dir: Path, tmp_path: Path) -> None:
+    """--device cuda on a host without CUDA is refused before any work."""
+    pcap = data_dir / "lab/benign-1/benign-1.pcap"
+    with pytest.raises(ConfigError, match="--device cuda"):
+        train_main(
+            ["--kind", "packet", "--input", str(pcap), "--out", str(tmp_path / "m")]
+            + ["--device", "cuda"]
+        )

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import structlog.testing
 import torch
 
 from model.features.flow import FlowFeatureSchema
@@ -182,3 +183,18 @@ def test_unknown_kind_is_refused() -> None:
     """A feature kind other than packet or flow is a ConfigError naming it."""
     with pytest.raises(ConfigError, match="'pixels'"):
         small_config(kind="pixels")
+
+
+def test_one_structured_event_per_epoch_off_a_terminal(
+    benign_packets: np.ndarray,
+) -> None:
+    """Without a terminal each epoch of each stage logs one train.epoch event."""
+    with structlog.testing.capture_logs() as events:
+        model = train_three_stage(
+            benign_packets[:300], benign_packets[300:400], small_config(**_one_epoch())
+        )
+    epochs = [e for e in events if e["event"] == "train.epoch"]
+    for stage in ("ae", "flow", "clf"):
+        mine = [e for e in epochs if e["stage"] == stage]
+        assert [e["epoch"] for e in mine] == list(range(len(model.history[stage])))
+        assert all(np.isfinite(e["loss"]) for e in mine)
