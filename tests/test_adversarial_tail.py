@@ -93,3 +93,34 @@ def test_state_written_is_read_back(tmp_path: Path) -> None:
         True,
     )
     assert json.loads((tmp_path / "state.json").read_text())["files"]["k"]["done"]
+
+
+def test_raw_byte_on_a_wide_line_does_not_lose_the_live_file(
+    tmp_path: Path, cases_dir: Path
+) -> None:
+    """A live line with a raw 0x92 byte and an extra field is one skipped line."""
+    raw = (cases_dir / "14-watchdog-event-loss/conn_raw_non_utf8_byte.log").read_bytes()
+    lines = raw.splitlines(keepends=True)
+    widened = lines[8].replace(b"\n", b"\textra\n")
+    folder = tmp_path / "spool"
+    folder.mkdir()
+    (folder / "conn.log").write_bytes(b"".join(lines[:8]) + widened)
+
+    uids: Counter[str] = Counter()
+    with LogTailer(
+        folder,
+        state_file=tmp_path / "state.json",
+        log_paths=("conn",),
+        poll_interval=0.05,
+        watch=False,
+    ) as tail:
+        tail.poll(0.2)
+        with open(folder / "conn.log", "ab") as out:
+            out.write(b"".join(lines[9:]))
+        end = time.monotonic() + 10
+        while not uids and time.monotonic() < end:
+            for item in tail.poll(0.1):
+                uids.update(item.batch.records.column("uid").to_pylist())
+        assert tail.stats.bad_files == 0
+        assert tail.stats.lines_skipped == 1
+    assert uids == Counter({"Cwd1oo0000000000o2": 1})
