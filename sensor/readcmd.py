@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import math
+import re
 import sys
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -23,6 +25,8 @@ from sensor.reader import Batch, ReadStats, read_log
 
 FORMATS = ("table", "jsonl", "summary")
 TABLE_WIDTH = 24
+# C0 controls, DEL and C1 controls (0x9b is a one-character CSI).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,8 +70,11 @@ def jsonable(value: Any) -> Any:
     """A record value as JSON: times in ISO-8601 UTC, intervals in seconds.
 
     Bytes that are UTF-8 become text; other bytes are written as
-    `{"base64": ...}` so nothing is lost.
+    `{"base64": ...}` so nothing is lost. JSON has no NaN or infinity, so a
+    double holding one is written as Zeek writes it: "nan", "inf", "-inf".
     """
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
     if isinstance(value, datetime):
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, timedelta):
@@ -94,7 +101,9 @@ def _cell(value: Any) -> str:
     else:
         rendered = jsonable(value)
         text = rendered if isinstance(rendered, str) else json.dumps(rendered)
-    text = text.replace("\t", "\\t").replace("\n", "\\n")
+    # Values come from traffic: a control character (ESC above all) must
+    # never reach the terminal, where it could rewrite what is shown.
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
     if len(text) > TABLE_WIDTH:
         text = text[: TABLE_WIDTH - 1] + "…"
 
@@ -172,6 +181,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 0:
         raise SystemExit("error: --limit must be 0 or more")
+    if args.batch_size < 1:
+        raise SystemExit("error: --batch-size must be 1 or more")
     failed = False
     for path in _expand(args.files):
         stats = ReadStats()
@@ -184,7 +195,7 @@ def main(argv: list[str]) -> int:
             elif args.format == "jsonl":
                 for record in _records(batches, args.limit):
                     clean = {k: jsonable(v) for k, v in record.items()}
-                    print(json.dumps(clean, ensure_ascii=False))
+                    print(json.dumps(clean, ensure_ascii=False, allow_nan=False))
             else:
                 _print_table(path, batches, args.limit, sys.stdout)
         except (LogFormatError, OSError) as exc:
