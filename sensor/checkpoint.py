@@ -85,8 +85,14 @@ class CheckpointStore:
         self.scanned_at: float | None = None
         self._lock_fd: int | None = None
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot use state file {self.path}: {exc.strerror or exc} "
+                f"({exc.filename}); give a state_file in a writable folder"
+            ) from exc
         try:
             self.files, self.saved_at, self.scanned_at = self._load()
         except BaseException:

@@ -124,3 +124,13 @@ def test_raw_byte_on_a_wide_line_does_not_lose_the_live_file(
         assert tail.stats.bad_files == 0
         assert tail.stats.lines_skipped == 1
     assert uids == Counter({"Cwd1oo0000000000o2": 1})
+
+
+def test_state_file_under_a_regular_file_is_a_checkpoint_error(
+    tmp_path: Path,
+) -> None:
+    """A state_file whose folder is a file is a CheckpointError naming it."""
+    blocker = tmp_path / "state"
+    blocker.write_text("not a folder")
+    with pytest.raises(CheckpointError, match="writable folder"):
+        LogTailer(tmp_path, state_file=blocker / "state.json", watch=False)
