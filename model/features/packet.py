@@ -95,7 +95,10 @@ _IPV6_FRAG: Final = 44
 _MAX_VLAN_TAGS: Final = 4
 _MAX_IPV6_EXT: Final = 4
 
-DEFAULT_INPUT_LEN: Final = 256
+# Both headers and the first 8 payload bytes. Measured on the public pcaps
+# (docs/DETECTION.md, packet ablations): longer inputs add payload bytes
+# that the model cannot tell apart from noise and detection drops.
+DEFAULT_INPUT_LEN: Final = 128
 
 
 @dataclass(frozen=True)
