@@ -28,6 +28,10 @@ a packet is eligible when it is IPv4 or IPv6 carrying TCP or UDP, is not a
 non-first fragment, carries a transport payload of at least one byte (by
 the IP length fields, so Ethernet padding does not count), and neither port
 is 53 (DNS). Sampling on top of that lives in `model.features.pcap`.
+The label files in shared/data also count ICMP and other non-TCP/UDP
+packets with an IP payload as eligible; this rule does not (the Zeek
+script samples TCP and UDP connections only), so an ICMP-only attack such
+as an ICMP backdoor has no packet samples and is left to the flow model.
 
 Frames are parsed with numpy over a whole batch at once: the per-packet
 work is a gather through an index matrix, not a Python loop.

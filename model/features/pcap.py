@@ -14,6 +14,8 @@ new connection on the same 5-tuple starts after the idle timeout of its
 protocol, or when a TCP SYN without ACK arrives after a FIN or RST closed
 the previous one. Known gap: tunnelled traffic (Teredo, GTP, GRE) is
 tracked by its outer header, while Zeek also logs the inner connection.
+The whole capture is read into memory first (captures for training are
+tens of MB here); a streaming reader would lift that.
 """
 
 from __future__ import annotations
