@@ -26,6 +26,9 @@ a whole line. So the writer:
   deleted; that is safe once the `rotate` record is durable, because a
   reader that has the file open keeps reading it to that record (the space
   is freed when Zeek closes it). zeek_scripts/README.md has the procedure.
+- notices the file being deleted or moved away under it (a clean-up job):
+  the old file gets a `rotate` record and the name a new generation, so
+  a running Zeek follows and a restarted one finds the file.
 
 A full disk or an I/O error raises `BFlowError`. A line cut short by it can
 never read as a notice: `kind` is the last field and no kind is a prefix of
@@ -219,6 +222,10 @@ class NoticeWriter:
         written: list[str] = []
         rejected: list[str] = []
         try:
+            try:
+                self._follow_name()
+            except OSError as exc:
+                raise _disk_error(self.path, exc) from exc
             if self._pending_rotate is not None:
                 try:
                     self._finish_pending_rotate()
@@ -364,6 +371,46 @@ class NoticeWriter:
         )
         self._prune()
 
+    def _follow_name(self) -> None:
+        """Start a new file if the notice log's name no longer leads to ours.
+
+        Someone deleted or moved the file (a clean-up job, a careless
+        logrotate). A Zeek that has it open reads on to a `rotate` record
+        and reopens the name; a Zeek that starts later opens the name. So
+        the old file gets that record and the name a file of its own again;
+        notices already written still count as written.
+        """
+        if self._fd >= 0:
+            mine = os.fstat(self._fd)
+            try:
+                named: os.stat_result | None = os.stat(self.path)
+            except FileNotFoundError:
+                named = None
+            if named is not None and os.path.samestat(mine, named):
+                return
+            log.warning(
+                "notice_log.replaced",
+                path=str(self.path),
+                deleted=mine.st_nlink == 0,
+                action="rotate record appended; notices go on in a new file",
+            )
+            fate = "was deleted" if mine.st_nlink == 0 else "was moved away"
+            self._append(self._rotate_line(self._generation, fate))
+            self._sync(self._fd)
+            self._unsynced = False
+            os.close(self._fd)
+            self._fd = -1
+            self._previous_ids, self._ids = self._previous_ids | self._ids, set()
+
+        # Here too after a failure part way through, with the fd closed.
+        written = self._previous_ids
+        if self.path.exists():
+            self._attach()
+        else:
+            self._generation += 1
+            self._create_current()
+        self._previous_ids |= written
+
     def _finish_pending_rotate(self) -> None:
         if self._pending_rotate is None:
             return
@@ -375,18 +422,22 @@ class NoticeWriter:
         self._pending_rotate = None
 
     def _write_rotate_record(self, fd: int, generation: int) -> None:
-        now = time.time_ns() // 1000
-        line = self._control_line(
-            "rotate",
-            now,
-            f"rotate-{generation}-{now}",
-            f"bflow notice log generation {generation} ends here and was "
-            f"archived as {self.archived_path(generation).name}; notices "
-            f"continue in {self.path.name}",
-        )
+        archived = self.archived_path(generation).name
+        line = self._rotate_line(generation, f"was archived as {archived}")
         tail = _last_byte_fd(fd)
         _write_all(fd, line if tail in (b"", b"\n") else b"\n" + line)
         self._sync(fd)
+
+    def _rotate_line(self, generation: int, fate: str) -> bytes:
+        now = time.time_ns() // 1000
+
+        return self._control_line(
+            "rotate",
+            now,
+            f"rotate-{generation}-{now}",
+            f"bflow notice log generation {generation} ends here and {fate}; "
+            f"notices continue in {self.path.name}",
+        )
 
     def _finish_old_rotation(self) -> None:
         # A crash between archiving the old file and appending its rotate

@@ -76,3 +76,54 @@ def test_every_byte_in_traffic_text_stays_in_its_field(tmp_path: Path) -> None:
     # msg is cut on a character boundary and marked, never split.
     assert isinstance(got["msg"], str) and got["msg"].endswith("...")
     assert (EVERY_BYTE * 3).startswith(got["msg"][:-3])
+
+
+def test_file_deleted_under_the_writer_is_started_again(tmp_path: Path) -> None:
+    """After a clean-up deletes the notice log, notices reach Zeek again."""
+    from tests.test_notice import make_notice
+    from tests.test_notice_rotation import ScriptModel
+
+    path = tmp_path / "bflow_notice.log"
+    state = tmp_path / "zeek.state"
+    writer = NoticeWriter(path)
+    zeek = ScriptModel(path, state)
+    writer.write(make_notice(1))
+    zeek.poll()
+
+    path.unlink()
+    assert writer.write(make_notice(2))
+    zeek.poll()
+    zeek.stop()
+    # Zeek restarts: it opens the log by name.
+    restarted = ScriptModel(path, state)
+    assert writer.write(make_notice(3))
+    assert not writer.write(make_notice(1))
+    restarted.poll()
+    writer.close()
+    restarted.stop()
+
+    raised = zeek.raised + restarted.raised
+    assert sorted(raised) == sorted(make_notice(i).notice_id for i in (1, 2, 3))
+    assert zeek.warnings == [] and restarted.warnings == []
+    assert path.exists()
+
+
+def test_file_moved_under_the_writer_hands_zeek_over(tmp_path: Path) -> None:
+    """A Zeek still reading a moved notice log follows the writer to the name."""
+    from tests.test_notice import make_notice
+    from tests.test_notice_rotation import ScriptModel
+
+    path = tmp_path / "bflow_notice.log"
+    writer = NoticeWriter(path)
+    zeek = ScriptModel(path, tmp_path / "zeek.state")
+    writer.write(make_notice(1))
+    zeek.poll()
+
+    path.rename(tmp_path / "moved-away.log")
+    writer.write_many([make_notice(2), make_notice(3)])
+    zeek.poll()
+    writer.close()
+    zeek.stop()
+
+    assert zeek.raised == [make_notice(i).notice_id for i in (1, 2, 3)]
+    assert zeek.warnings == []
