@@ -40,7 +40,7 @@ import json
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from os import PathLike
 from typing import IO, Any, BinaryIO, Final
@@ -193,13 +193,7 @@ class ReadStats:
     batches: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {
-            "records": self.records,
-            "skipped": self.skipped,
-            "blank": self.blank,
-            "errors": self.errors,
-            "batches": self.batches,
-        }
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ _SCALAR_TYPES: Final[dict[str, pa.DataType]] = {
 
 _CONTAINER = re.compile(r"^(set|vector|table)\[(.+)\]$")
 _ESCAPE = re.compile(rb"\\(?:x([0-9a-fA-F]{2})|(\\))")
+_HEX_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _FIXED_POINT = r"^(?P<i>-?\d+)(?:\.(?P<f>\d{0,6})\d*)?$"
 _MICROS = 1_000_000
 _UINT64_MAX = 2**64 - 1
@@ -139,13 +140,15 @@ def unescape(value: bytes) -> bytes:
 
 
 def unescape_hex_only(value: bytes) -> bytes:
-    """Decode only `\\xNN` escapes: the form Zeek's JSON writer uses."""
+    """Decode only `\\xNN` escapes.
+
+    The form Zeek's JSON writer uses, and all that Zeek's ASCII Input reader
+    decodes (so the notice writer's round trip uses it too).
+    """
     if b"\\x" not in value:
         return value
 
-    return re.sub(
-        rb"\\x([0-9a-fA-F]{2})", lambda m: bytes((int(m.group(1), 16),)), value
-    )
+    return _HEX_ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), value)
 
 
 def normalise_addr(text: str) -> str:

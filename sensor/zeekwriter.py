@@ -46,6 +46,7 @@ import structlog
 
 from sensor.contract import Field
 from sensor.errors import BFlowError
+from sensor.zeektypes import unescape_hex_only
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +63,6 @@ _PROTOS: Final = frozenset({"tcp", "udp", "icmp", "unknown"})
 _ENUM_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(::[A-Za-z_][A-Za-z0-9_]*)*")
 _TEXT_ESCAPE: Final = re.compile(rb"[^\x20-\x5b\x5d-\x7e]")
 _ELEMENT_ESCAPE: Final = re.compile(rb"[^\x20-\x2b\x2d-\x5b\x5d-\x7e]")
-_HEX_ESCAPE: Final = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _SCALAR_TYPES: Final = frozenset(
     {
         "addr",
@@ -655,9 +655,7 @@ def _decode_value(column: Column, raw: bytes) -> object:
 
 def _decode_scalar(zeek_type: str, raw: bytes) -> object:
     if zeek_type == "string":
-        return _HEX_ESCAPE.sub(lambda m: bytes([int(m[1], 16)]), raw).decode(
-            "utf-8", "surrogateescape"
-        )
+        return unescape_hex_only(raw).decode("utf-8", "surrogateescape")
     if zeek_type in ("time", "interval"):
         return int(Decimal(raw.decode()) * 10**6)
     if zeek_type == "double":
