@@ -1062,16 +1062,17 @@ class LogDecoder:
 
         Deciding it from the first record (not per batch) keeps where the
         batches happen to start, or where a resume starts, from changing
-        the schema.
+        the schema. Lines that are no JSON object give no record, so they
+        cannot decide it either.
         """
         for line in run.split(b"\n"):
-            if not line.strip():
-                continue
             try:
-                record = json.loads(line)
+                record = json.loads(line) if line.strip() else None
             except (ValueError, RecursionError):
-                record = None
-            path = record.get("_path") if isinstance(record, dict) else None
+                continue
+            if not isinstance(record, dict):
+                continue
+            path = record.get("_path")
             self._json_path = self.log_path or (path if isinstance(path, str) else None)
             self._json_path_known = True
             return

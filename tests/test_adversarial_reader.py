@@ -183,3 +183,19 @@ def test_raw_byte_in_a_line_of_wrong_width_is_one_skip(cases_dir: Path) -> None:
     batches, decoder = decode(data)
     assert uids(batches) == ["Cwd1oo0000000000o2"]
     assert decoder.stats.skipped == 1
+
+
+def test_json_path_taken_from_the_first_object_not_a_broken_line(
+    cases_dir: Path,
+) -> None:
+    """A first JSON line too deep to parse does not hide the records' `_path`."""
+    lines = (cases_dir / JSON_CONN).read_bytes().splitlines(keepends=True)
+    record = json.loads(lines[0])
+    record["_path"] = "conn"
+    good = json.dumps(record).encode() + b"\n"
+    deep = b'{"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}\n"
+    batches, decoder = decode(deep + good)
+    assert [b.log_path for b in batches] == ["conn"]
+    assert batches[0].records.schema.field("uid").type == "string"
+    assert uids(batches) == [record["uid"]]
+    assert decoder.stats.skipped == 1
