@@ -236,7 +236,12 @@ def _six_decimals(values: pa.Array) -> pa.Array | None:
     Returns None when some value is not in that form.
     """
     dot = pc.find_substring(values, b".")
-    if not pc.all(pc.equal(pc.subtract(pc.binary_length(values), dot), 7)).as_py():
+    # find_substring gives -1 without a dot: `123456` is not `.123456`.
+    six = pc.and_(
+        pc.greater_equal(dot, 0),
+        pc.equal(pc.subtract(pc.binary_length(values), dot), 7),
+    )
+    if not pc.all(six).as_py():
         return None
     digits = pc.replace_substring(values, b".", b"", max_replacements=1)
     try:

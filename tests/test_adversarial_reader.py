@@ -199,3 +199,14 @@ def test_json_path_taken_from_the_first_object_not_a_broken_line(
     assert batches[0].records.schema.field("uid").type == "string"
     assert uids(batches) == [record["uid"]]
     assert decoder.stats.skipped == 1
+
+
+def test_six_digit_whole_seconds_are_seconds(cases_dir: Path) -> None:
+    """`123456` seconds (no dot) is not read as the `.123456` of the fast path."""
+    header, lines = conn_lines(cases_dir)
+    fields = lines[0].split(b"\t")
+    fields[0], fields[8] = b"123456", b"654321"
+    batches, _ = decode(header + b"\t".join(fields))
+    record = batches[0].records
+    assert record.column("ts").cast("int64").to_pylist() == [123456 * 10**6]
+    assert record.column("duration").cast("int64").to_pylist() == [654321 * 10**6]
