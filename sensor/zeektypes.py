@@ -293,13 +293,31 @@ def _parse_int(low: int, high: int) -> Callable[[bytes], object]:
     return parse
 
 
+def _decimal_only(values: pa.Array) -> bool:
+    """No byte of the values is an `x` or `X`.
+
+    Arrow's integer cast reads `0x10` as 16, and `0xffffffffffffffff` as -1
+    in an int64 column; Zeek writes decimal only. Looking at the raw data
+    buffer is the cheap test (bytes outside the values only cost a detour
+    through the exact path).
+    """
+    data = values.buffers()[2]
+    if data is None:
+        return True
+
+    return not bool(((np.frombuffer(data, dtype=np.uint8) | 0x20) == 0x78).any())
+
+
 def _convert_integer(values: pa.Array, target: pa.DataType) -> Converted:
-    try:
-        return values.cast(target), None
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        if target == pa.uint64():
-            return _per_value(values, _parse_int(0, _UINT64_MAX), target)
-        return _per_value(values, _parse_int(_INT64_MIN, _INT64_MAX), target)
+    if _decimal_only(values):
+        try:
+            return values.cast(target), None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+    if target == pa.uint64():
+        return _per_value(values, _parse_int(0, _UINT64_MAX), target)
+
+    return _per_value(values, _parse_int(_INT64_MIN, _INT64_MAX), target)
 
 
 def _convert_double(values: pa.Array, target: pa.DataType) -> Converted:
@@ -318,13 +336,18 @@ def _parse_port(raw: bytes) -> int:
 
 
 def _convert_port(values: pa.Array, target: pa.DataType) -> Converted:
-    try:
-        text = values.cast(pa.string())
-        if pc.any(pc.match_substring(text, "/")).as_py():
-            text = pc.replace_substring_regex(text, pattern="/[a-z_]*$", replacement="")
-        return text.cast(pa.uint16()), None
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return _per_value(values, _parse_port, target)
+    if _decimal_only(values):
+        try:
+            text = values.cast(pa.string())
+            if pc.any(pc.match_substring(text, "/")).as_py():
+                text = pc.replace_substring_regex(
+                    text, pattern="/[a-z_]*$", replacement=""
+                )
+            return text.cast(pa.uint16()), None
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            pass
+
+    return _per_value(values, _parse_port, target)
 
 
 def _convert_bool(values: pa.Array, target: pa.DataType) -> Converted:

@@ -210,3 +210,19 @@ def test_six_digit_whole_seconds_are_seconds(cases_dir: Path) -> None:
     record = batches[0].records
     assert record.column("ts").cast("int64").to_pylist() == [123456 * 10**6]
     assert record.column("duration").cast("int64").to_pylist() == [654321 * 10**6]
+
+
+@pytest.mark.parametrize("column", [9, 3])
+def test_hex_integers_are_invalid_in_every_batch(cases_dir: Path, column: int) -> None:
+    """`0x10` is a bad count or port whether or not its batch has other bad values."""
+    header, lines = conn_lines(cases_dir)
+    fields = lines[0].split(b"\t")
+    fields[column] = b"0x10"
+    hexed = b"\t".join(fields)
+    broken = lines[3].split(b"\t")
+    broken[column] = b"junk"
+    for rest in (lines[3], b"\t".join(broken)):
+        batches, decoder = decode(header + hexed + rest)
+        good = uids(batches)
+        assert "CAb3xK2mQ9vTz1Lp7e" not in good
+        assert decoder.stats.skipped == 1 + (rest != lines[3])
