@@ -252,7 +252,7 @@ def _six_decimals(values: pa.Array) -> pa.Array | None:
 
 def _to_micros(values: pa.Array) -> Converted:
     """Fixed-point seconds text -> int64 microseconds, never via float."""
-    if values.null_count < len(values):
+    if values.null_count < len(values) and _decimal_only(values):
         fast = _six_decimals(values)
         if fast is not None:
             return fast, None

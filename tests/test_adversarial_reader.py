@@ -226,3 +226,13 @@ def test_hex_integers_are_invalid_in_every_batch(cases_dir: Path, column: int) -
         good = uids(batches)
         assert "CAb3xK2mQ9vTz1Lp7e" not in good
         assert decoder.stats.skipped == 1 + (rest != lines[3])
+
+
+def test_hex_time_is_invalid(cases_dir: Path) -> None:
+    """`0x1.234567` is no time, though it has the shape of Zeek's `%.6f`."""
+    header, lines = conn_lines(cases_dir)
+    fields = lines[0].split(b"\t")
+    fields[0] = b"0x1.234567"
+    batches, decoder = decode(header + b"\t".join(fields) + lines[3])
+    assert uids(batches) == ["CzQ1mE8rT5yUi3Op9a"]
+    assert decoder.stats.skipped == 1
