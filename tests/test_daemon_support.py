@@ -54,9 +54,21 @@ def sample_table(log_name: str) -> pa.Table:
     return pa.concat_tables(tables, promote_options="default")
 
 
+# Test modules import the fixture below, and pytest keeps one instance per
+# importing module even for session scope, so the models are cached here.
+_TRAINED: list[TinyModels] = []
+
+
 @pytest.fixture(scope="session", name="tiny_models")
 def tiny_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """A flow and a packet model trained on the benign sample logs."""
+    if not _TRAINED:
+        _TRAINED.append(_train_tiny_models(tmp_path_factory.mktemp("models")))
+
+    return _TRAINED[0]
+
+
+def _train_tiny_models(out: Path) -> TinyModels:
     import torch
 
     from model.artifact import ModelMetadata, export_model, load_model
@@ -65,7 +77,6 @@ def tiny_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     from model.train import TrainConfig, train_three_stage
 
     torch.set_num_threads(1)
-    out = tmp_path_factory.mktemp("models")
     benign = SAMPLES / SAMPLE_SETS[0]
 
     conn = _table(benign / "conn.log")
