@@ -259,6 +259,9 @@ def build_config(
     raw: dict[str, tuple[Any, str]] = {}
     for source, layer in layers:
         for name, value in layer.items():
+            if isinstance(value, dict):
+                # A table such as [retrain] belongs to another command.
+                continue
             if name not in PARSERS:
                 known = ", ".join(sorted(PARSERS))
                 raise ConfigError(

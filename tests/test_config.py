@@ -45,6 +45,18 @@ def test_flag_beats_variable_beats_file(tmp_path: Path) -> None:
     assert config.log_dir == Path(base["log_dir"])
 
 
+def test_tables_of_other_commands_are_left_alone(tmp_path: Path) -> None:
+    """A [retrain] table beside the daemon's settings is not an unknown one."""
+    base = _dirs(tmp_path)
+    toml = tmp_path / "bflow.toml"
+    body = "".join(f'{k} = "{v}"\n' for k, v in base.items())
+    toml.write_text(body + "[retrain]\nevery_days = 7\n")
+
+    config = build_config(file=toml, environ={})
+
+    assert config.log_dir == Path(base["log_dir"])
+
+
 def test_bflow_table_in_a_shared_file_is_read(tmp_path: Path) -> None:
     """Settings may sit under a [bflow] table of a larger file."""
     base = _dirs(tmp_path)
