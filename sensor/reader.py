@@ -53,6 +53,8 @@ import structlog
 from sensor.contract import PACKET_LOG_FIELDS, PACKET_LOG_PATH
 from sensor.errors import LogFormatError
 from sensor.zeektypes import (
+    TIME_MAX_US,
+    TIME_MIN_US,
     Markers,
     arrow_type,
     conform,
@@ -1160,8 +1162,11 @@ def _json_scalar(value: Any, zeek_type: str) -> Any:
     """One JSON value as the Python value of its Arrow type."""
     if zeek_type in ("time", "interval"):
         micros = _json_micros(value)
-        if not -(2**63) <= micros < 2**63:
-            raise ValueError(f"time {value!r} is out of range")
+        low, high = (
+            (TIME_MIN_US, TIME_MAX_US) if zeek_type == "time" else (-(2**63), 2**63 - 1)
+        )
+        if not low <= micros <= high:
+            raise ValueError(f"{zeek_type} {value!r} is out of range")
         return micros
     if zeek_type in ("count", "counter", "int", "port"):
         if isinstance(value, str) and zeek_type == "port":

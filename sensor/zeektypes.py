@@ -5,7 +5,7 @@ means the same thing in TSV and JSON logs, in tests and in the daemon:
 
 | Zeek field type            | Arrow type                       |
 |----------------------------|----------------------------------|
-| time                       | timestamp("us", tz="UTC")        |
+| time                       | timestamp("us", tz="UTC"), 1-9999|
 | interval                   | duration("us")                   |
 | count, counter             | uint64 (exact up to 2**64 - 1)   |
 | int                        | int64                            |
@@ -76,6 +76,9 @@ _ESCAPE = re.compile(rb"\\(?:x([0-9a-fA-F]{2})|(\\))")
 _HEX_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
 _FIXED_POINT = r"^(?P<i>-?\d+)(?:\.(?P<f>\d{0,6})\d*)?$"
 _MICROS = 1_000_000
+# The times Python's datetime can hold: years 1 to 9999, in microseconds.
+TIME_MIN_US: Final = -62_135_596_800 * _MICROS
+TIME_MAX_US: Final = 253_402_300_800 * _MICROS - 1
 _UINT64_MAX = 2**64 - 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -279,8 +282,17 @@ def _to_micros(values: pa.Array) -> Converted:
 
 def _convert_time(values: pa.Array, target: pa.DataType) -> Converted:
     micros, bad = _to_micros(values)
+    if target != TIME_TYPE:
+        return micros.cast(target), bad
 
-    return micros.cast(target), bad
+    # Python's datetime spans years 1-9999: a time outside would make every
+    # reader of the batch that asks for Python values fail.
+    inside = pc.and_(
+        pc.greater_equal(micros, TIME_MIN_US), pc.less_equal(micros, TIME_MAX_US)
+    )
+    micros = pc.if_else(inside, micros, pa.scalar(None, pa.int64()))
+
+    return micros.cast(target), _bad_mask(values, micros)
 
 
 def _parse_int(low: int, high: int) -> Callable[[bytes], object]:

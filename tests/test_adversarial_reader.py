@@ -236,3 +236,21 @@ def test_hex_time_is_invalid(cases_dir: Path) -> None:
     batches, decoder = decode(header + b"\t".join(fields) + lines[3])
     assert uids(batches) == ["CzQ1mE8rT5yUi3Op9a"]
     assert decoder.stats.skipped == 1
+
+
+def test_time_past_year_9999_is_invalid(cases_dir: Path) -> None:
+    """A time Python's datetime cannot hold is a skipped record, so to_pylist works."""
+    header, lines = conn_lines(cases_dir)
+    fields = lines[0].split(b"\t")
+    fields[0] = b"999999999999.000000"
+    batches, decoder = decode(header + b"\t".join(fields) + lines[3])
+    assert [r["uid"] for b in batches for r in b.records.to_pylist()] == [
+        "CzQ1mE8rT5yUi3Op9a"
+    ]
+    assert decoder.stats.skipped == 1
+    first = (cases_dir / JSON_CONN).read_bytes().splitlines(keepends=True)[0]
+    record = json.loads(first)
+    record["ts"] = 999999999999.0
+    batches, decoder = decode(json.dumps(record).encode() + b"\n" + first)
+    assert len([r for b in batches for r in b.records.to_pylist()]) == 1
+    assert decoder.stats.skipped == 1
