@@ -45,7 +45,14 @@ Records appended to a rotated file after `finish_grace` seconds of silence
 are not read (Zeek never does this; raise `finish_grace` for writers that
 do). A file that had no complete record yet has no key, so it is not named
 in the state; if it is rotated away while the daemon is down, the mtime rule
-above is what brings it back.
+above is what brings it back. A gzip file is read 1 MiB of compressed bytes
+at a time and all those expand to is decoded at once, so a file made to
+expand a thousandfold (a gzip bomb) can take gigabytes of memory; only
+someone who can write to the log folder can place one, and bounding it
+would mean counting the read budget in decompressed bytes. The rule about
+files rotated while the daemon was down compares modification times with
+the wall clock of the last saved scan, so a clock set back by more than
+`MTIME_SLACK_S` can make such a file look like history.
 """
 
 from __future__ import annotations
