@@ -210,7 +210,7 @@ def frames_matrix(
     flat = np.frombuffer(joined, dtype=np.uint8)
     out = np.zeros((len(frames), width), dtype=np.uint8)
     rows = np.repeat(np.arange(len(frames)), lengths)
-    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    starts = np.cumsum(lengths) - lengths
     cols = np.arange(flat.size) - np.repeat(starts, lengths)
     out[rows, cols] = flat
 
