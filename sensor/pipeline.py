@@ -45,8 +45,11 @@ log = structlog.get_logger(__name__)
 
 # Which log each kind of model scores.
 LOG_OF_KIND = {"flow": "conn", "packet": "bflow_packet"}
-# How many connections per kind are remembered as already notified.
-NOTIFIED_MEMORY = 200_000
+# Connections whose packet notice was raised, remembered so their later
+# packets raise nothing more. Only an economy: a forgotten connection's
+# repeat has the same notice id and the notice writer drops it. conn.log
+# needs no memory, as a connection has one record there.
+NOTIFIED_MEMORY = 20_000
 
 
 def meta_get(meta: Any, key: str, default: Any = None) -> Any:
@@ -319,9 +322,10 @@ class Pipeline:
                 result.rejected += 1
                 log.warning("notice.unusable", log=log_name, uid=uid, error=str(exc))
                 continue
-            remembered[uid] = None
-            if len(remembered) > NOTIFIED_MEMORY:
-                remembered.popitem(last=False)
+            if scorer.kind == "packet":
+                remembered[uid] = None
+                if len(remembered) > NOTIFIED_MEMORY:
+                    remembered.popitem(last=False)
 
         result.seconds = time.perf_counter() - started
 
