@@ -250,3 +250,29 @@ def test_sampling_rule_per_direction(data_dir) -> None:  # type: ignore[no-untyp
     assert (per_side.min() == 0).all()
     assert (per_side.max() + 1 == per_side.size()).all()
     assert not ((table["id.orig_p"] == 53) | (table["id.resp_p"] == 53)).any()
+
+
+def test_originator_agrees_with_zeek_conn_log(data_dir) -> None:  # type: ignore[no-untyped-def]
+    """Each sampled packet's originator is the one Zeek logged for its connection."""
+    import ipaddress
+
+    from model.datasets import LabelIndex, read_labels
+    from model.features.packet import parse_frames
+
+    pcap = "lab/mixed-2/mixed-2.pcap"
+    labels = read_labels(data_dir / "lab/labels/connections.tsv")
+    index = LabelIndex(r for r in labels if r.pcap == pcap)
+    table = sample_pcap(data_dir / pcap)
+    parsed = parse_frames(
+        table.column("frame").to_pylist(), table.column("link_type").to_pylist()
+    )
+    ts_us = np.rint(table.column("ts").to_numpy() * 1e6).astype(np.int64) + 1
+    orig_h = table.column("id.orig_h").to_pylist()
+    orig_p = table.column("id.orig_p").to_pylist()
+
+    for i in range(table.num_rows):
+        src, dst = parsed.addresses(i)
+        a, b = (src, int(parsed.sport[i])), (dst, int(parsed.dport[i]))
+        row = index.labels[index.find(pcap, int(parsed.proto[i]), a, b, int(ts_us[i]))]
+        assert ipaddress.ip_address(row.orig_h) == ipaddress.ip_address(orig_h[i])
+        assert row.orig_p == orig_p[i]

@@ -14,6 +14,11 @@ new connection on the same 5-tuple starts after the idle timeout of its
 protocol, or when a TCP SYN without ACK arrives after a FIN or RST closed
 the previous one. Known gap: tunnelled traffic (Teredo, GTP, GRE) is
 tracked by its outer header, while Zeek also logs the inner connection.
+Measured against Zeek 8.2.2's conn.logs of shared/data: the originator
+agrees for all 16,257 sampled lab packets and for 98.6 % of 8,592 public
+ones (the rest: UDP flows first seen from the server side, e.g. RADIUS and
+DHCP, and TCP first seen mid-stream); 24 of 2,335 public connections here
+span two Zeek connections.
 The whole capture is read into memory first (captures for training are
 tens of MB here); a streaming reader would lift that.
 """
