@@ -2,9 +2,13 @@
 
 The daemon imports only this module (and `model.features`), never training
 code. A model file holds the inference path of the three-stage model, input
-standardisation, the encoder `G_E`, latent standardisation and the
-classifier, as one scripted module taking float32 `(N, D)` features and
-returning float32 scores `(N,)`, higher = more anomalous. The metadata
+standardisation, the encoder `G_E`, latent standardisation and a score head
+(the classifier, or the flow and its standard-normal log-density, as the
+metadata's `score` says), as one scripted module taking float32 `(N, D)`
+features and returning float32 scores `(N,)`, higher = more anomalous.
+Files written before `score` existed lack the key and are classifier
+models; since the module computes its own score, the key is information
+for people and tools, and the format version stayed 1. The metadata
 (`ModelMetadata`, JSON) rides in the archive's `_extra_files`, so the two can
 never be separated.
 
@@ -81,6 +85,8 @@ class ModelMetadata:
         validation: metrics on normal validation data (and more if known).
         code_version: bflow version (+ git commit) that trained it.
         torch_version: torch that wrote the file.
+        score: what the module computes: "classifier" (stage-3 anomaly
+            logit) or "flow_nll" (stage-2 negative log-likelihood, nats).
     """
 
     kind: str
@@ -95,6 +101,7 @@ class ModelMetadata:
     validation: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
     torch_version: str = ""
+    score: str = "classifier"
 
     def to_json(self) -> str:
         """Strict JSON: NaN and infinities become null."""
@@ -206,6 +213,7 @@ def export_model(trained: TrainedModel, path: Path, metadata: ModelMetadata) -> 
         model_version=metadata.model_version or f"{digest}-{stamp}",
         code_version=metadata.code_version or _code_version(),
         torch_version=metadata.torch_version or torch.__version__,
+        score=cfg.score,
     )
 
     path = Path(path)
@@ -227,6 +235,7 @@ def export_model(trained: TrainedModel, path: Path, metadata: ModelMetadata) -> 
         path=str(path),
         kind=metadata.kind,
         model_version=metadata.model_version,
+        score=metadata.score,
         threshold=metadata.threshold,
     )
 
@@ -546,6 +555,7 @@ def load_model(
         kind=metadata.kind,
         model_version=metadata.model_version,
         sha256=facts.sha256,
+        score=metadata.score,
         threshold=metadata.threshold,
     )
 

@@ -242,6 +242,13 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs-clf", type=int)
     p.add_argument("--noise-std", type=float, help="default: measured")
     p.add_argument(
+        "--score",
+        choices=("classifier", "flow_nll"),
+        help="what the model file computes: the stage-3 classifier logit or "
+        "the stage-2 flow negative log-likelihood (default: the kind's "
+        "measured choice, model.train.DEFAULT_SCORE)",
+    )
+    p.add_argument(
         "--input-len",
         type=int,
         help="packet: bytes per sample (default: the feature code's)",
@@ -360,6 +367,7 @@ def train_main(argv: list[str]) -> int:
         "device": args.device,
         "target_fpr": args.target_fpr,
         "noise_std": args.noise_std,
+        "score": args.score or "",
     }
     for name in ("epochs_ae", "epochs_flow", "epochs_clf"):
         if getattr(args, name) is not None:
@@ -414,6 +422,7 @@ def train_main(argv: list[str]) -> int:
     print(f"model   {args.out}")
     print(f"report  {report}")
     print(f"records {len(x_train)} train, {len(x_val)} validation")
+    print(f"score   {cfg.score}")
     print(f"noise   std {trained.noise_std:.4g} in flow space")
     print(
         f"thresh  {threshold:.6g} (target FPR {cfg.target_fpr:g}, "

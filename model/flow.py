@@ -12,8 +12,6 @@ log-determinant of that direction's Jacobian, so
 `forward_logdet(z) == -inverse_logdet(f(z))`.
 """
 
-from __future__ import annotations
-
 import math
 from typing import cast
 
@@ -38,12 +36,15 @@ class ActNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(dim))
         self.register_buffer("initialised", torch.tensor(False))
 
-    @torch.no_grad()
+    # Runs only while training; an exported (scripted) flow is initialised
+    # already, so TorchScript leaves this method out.
+    @torch.jit.unused
     def _initialise(self, z: Tensor) -> None:
-        std = z.std(dim=0, unbiased=False).clamp_min(1e-6)
-        self.bias.copy_(-z.mean(dim=0) / std)
-        self.log_scale.copy_(-torch.log(std))
-        self.initialised.fill_(True)
+        with torch.no_grad():
+            std = z.std(dim=0, unbiased=False).clamp_min(1e-6)
+            self.bias.copy_(-z.mean(dim=0) / std)
+            self.log_scale.copy_(-torch.log(std))
+            self.initialised.fill_(True)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """`c = z * exp(s) + b`; returns (c, log_det `(N,)`)."""
@@ -188,3 +189,19 @@ class NormalizingFlow(nn.Module):
         base = -0.5 * (c**2).sum(dim=1) - 0.5 * self.dim * math.log(2 * math.pi)
 
         return base + log_det
+
+
+class FlowNLL(nn.Module):
+    """Score head: negative log-likelihood of latents under a trained flow.
+
+    Maps standardised latents `(N, dim)` to `(N,)` nats; latents the flow
+    finds unlikely score high. It runs the flow forward only.
+    """
+
+    def __init__(self, flow: NormalizingFlow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Map `(N, dim)` to negative log-likelihoods `(N,)`."""
+        return -self.flow.log_prob(z)

@@ -12,7 +12,7 @@ kind:
 
 Every encoder maps `(N, D)` to a flat latent `(N, latent_dim)`. Every module
 here is TorchScript-scriptable, since `model.artifact` exports the encoder
-and the classifier.
+and the score head (the classifier or the flow).
 """
 
 from collections.abc import Sequence
@@ -259,9 +259,11 @@ def count_parameters(module: nn.Module) -> int:
 class ScoringModule(nn.Module):
     """What runs at inference: features `(N, D)` float32 to scores `(N,)`.
 
-    Input standardisation, the encoder `G_E`, latent standardisation and the
-    classifier, in that order; the score is the classifier's anomaly logit,
-    a monotone function of its anomaly probability.
+    Input standardisation, the encoder `G_E`, latent standardisation and a
+    score head, in that order. The head maps standardised latents to one
+    score each, higher = more anomalous: the classifier's anomaly logit (a
+    monotone function of its anomaly probability) or the flow's negative
+    log-likelihood (`model.flow.FlowNLL`).
     """
 
     def __init__(
@@ -269,16 +271,16 @@ class ScoringModule(nn.Module):
         input_norm: Standardize,
         encoder: nn.Module,
         latent_norm: Standardize,
-        classifier: Classifier,
+        head: nn.Module,
     ) -> None:
         super().__init__()
         self.input_norm = input_norm
         self.encoder = encoder
         self.latent_norm = latent_norm
-        self.classifier = classifier
+        self.head = head
 
     def forward(self, x: Tensor) -> Tensor:
         """Score `(N, D)` float32 features; higher = more anomalous."""
         z = self.latent_norm(self.encoder(self.input_norm(x)))
 
-        return self.classifier(z)
+        return self.head(z)

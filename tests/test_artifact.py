@@ -1,6 +1,8 @@
 """The model file: round trip, metadata, and clear refusals of bad files."""
 
+import dataclasses
 import hashlib
+import json
 import zipfile
 from pathlib import Path
 
@@ -89,6 +91,51 @@ def test_loaded_scores_equal_eager_scores(
     scores = loaded.score(features)
     assert scores.dtype == np.float64 and scores.shape == (len(features),)
     np.testing.assert_allclose(scores, eager, rtol=1e-6, atol=1e-6)
+
+
+def _with_score(trained: TrainedModel, score: str) -> TrainedModel:
+    cfg = dataclasses.replace(trained.cfg, score=score)
+
+    return dataclasses.replace(trained, cfg=cfg)
+
+
+@pytest.mark.parametrize("score", ["classifier", "flow_nll"])
+def test_each_score_choice_is_computed_by_the_file(
+    trained: TrainedModel, features: np.ndarray, tmp_path: Path, score: str
+) -> None:
+    """The file computes the configured score itself, equal to the eager one."""
+    chosen = _with_score(trained, score)
+    path = tmp_path / f"{score}.pt"
+    export_model(chosen, path, _metadata())
+    loaded = load_model(path)
+    assert loaded.metadata.score == score
+    eager = {
+        "classifier": chosen.score_classifier,
+        "flow_nll": chosen.score_flow_nll,
+    }[score](features)
+    np.testing.assert_allclose(loaded.score(features), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_metadata_without_a_score_reads_as_a_classifier_model(
+    trained: TrainedModel, features: np.ndarray, tmp_path: Path
+) -> None:
+    """A file written before the score key existed still loads, as classifier."""
+    path = tmp_path / "new.pt"
+    export_model(_with_score(trained, "classifier"), path, _metadata())
+    extra = {artifact.METADATA_NAME: ""}
+    module = torch.jit.load(str(path), _extra_files=extra)
+    meta = json.loads(extra[artifact.METADATA_NAME])
+    del meta["score"]
+    old = tmp_path / "old.pt"
+    torch.jit.save(
+        module, str(old), _extra_files={artifact.METADATA_NAME: json.dumps(meta)}
+    )
+    loaded = load_model(old)
+    assert loaded.metadata.score == "classifier"
+    assert loaded.metadata.format_version == artifact.FORMAT_VERSION == 1
+    np.testing.assert_allclose(
+        loaded.score(features), trained.score_classifier(features), atol=1e-5
+    )
 
 
 def test_metadata_round_trips_and_is_filled_in(model_file: Path) -> None:

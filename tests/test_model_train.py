@@ -1,5 +1,6 @@
 """Three-stage training on real packets: every stage learns, seeds repeat."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,13 @@ import torch
 from model.features.flow import FlowFeatureSchema
 from model.features.packet import PacketFeatureConfig, packet_features
 from model.features.pcap import sample_pcap
-from model.train import TrainConfig, TrainedModel, train_three_stage
+from model.train import (
+    DEFAULT_SCORE,
+    TrainConfig,
+    TrainedModel,
+    _pseudo,
+    train_three_stage,
+)
 from sensor.errors import ConfigError
 from sensor.reader import read_log
 
@@ -75,11 +82,63 @@ def test_stages_one_and_two_really_train(trained: TrainedModel) -> None:
 
 
 def test_pseudo_anomalies_score_above_normal_latents(trained: TrainedModel) -> None:
-    """The score is monotone in 'anomaly': pseudo-anomalies score higher."""
-    normal = trained.score_latents(trained.train_latents)
-    pseudo = trained.score_latents(trained.pseudo_anomalies(len(normal)))
-    assert pseudo.shape == normal.shape
-    assert np.median(pseudo) > np.median(normal)
+    """Both scores are monotone in 'anomaly': pseudo-anomalies score higher."""
+    z = trained.train_latents
+    z_pseudo = trained.pseudo_anomalies(len(z))
+    for score in (trained.classifier_logits, trained.flow_nll):
+        normal, pseudo = score(z), score(z_pseudo)
+        assert pseudo.shape == normal.shape
+        assert np.median(pseudo) > np.median(normal)
+
+
+def test_score_follows_the_configured_choice(
+    trained: TrainedModel, benign_packets: np.ndarray
+) -> None:
+    """`score` is the flow NLL or the classifier logit, as `cfg.score` says."""
+    x = benign_packets[:50]
+    assert trained.cfg.score == "flow_nll"
+    np.testing.assert_array_equal(trained.score(x), trained.score_flow_nll(x))
+    other = dataclasses.replace(
+        trained, cfg=dataclasses.replace(trained.cfg, score="classifier")
+    )
+    np.testing.assert_array_equal(other.score(x), trained.score_classifier(x))
+
+
+def test_score_defaults_per_kind_and_unknown_scores_are_refused() -> None:
+    """An empty score takes the kind's default; a made-up one is a ConfigError."""
+    assert small_config().score == DEFAULT_SCORE["packet"]
+    assert small_config(kind="flow").score == DEFAULT_SCORE["flow"]
+    with pytest.raises(ConfigError, match="'max_logit'"):
+        small_config(score="max_logit")
+
+
+def test_noise_spread_sends_pseudo_anomalies_further_out(
+    trained: TrainedModel,
+) -> None:
+    """A spread of 30 puts most pseudo-anomalies further from the flow's
+    centre than one noise scale does, and the nearest ones as near."""
+    z = torch.from_numpy(trained.train_latents[:2000])
+    radii = {}
+    for spread in (1.0, 30.0):
+        z_new = _pseudo(
+            trained.flow,
+            z,
+            0.0,
+            trained.noise_std,
+            torch.Generator().manual_seed(0),
+            spread=spread,
+        )
+        with torch.no_grad():
+            c, _ = trained.flow(z_new)
+        radii[spread] = c.norm(dim=1).numpy()
+    assert np.median(radii[30.0]) > 2 * np.median(radii[1.0])
+    assert np.quantile(radii[30.0], 0.01) < np.median(radii[1.0])
+
+
+def test_noise_spread_below_one_is_refused() -> None:
+    """A spread under 1 would shrink the measured scale: a ConfigError."""
+    with pytest.raises(ConfigError, match="noise_spread=0.5"):
+        small_config(noise_spread=0.5)
 
 
 def test_scores_are_float64_one_per_record(
@@ -140,7 +199,7 @@ def test_changing_only_the_noise_reuses_stages_one_and_two(
     np.testing.assert_array_equal(first.latents(v), second.latents(v))
     assert second.history["flow"] == first.history["flow"]
     assert second.noise_std == 3.0
-    assert not np.allclose(first.score(v), second.score(v))
+    assert not np.allclose(first.score_classifier(v), second.score_classifier(v))
 
 
 def test_flow_kind_trains_on_conn_log_features(data_dir: Path) -> None:
