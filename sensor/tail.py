@@ -65,18 +65,33 @@ import re
 import stat as stat_mod
 import threading
 import time
+import zlib
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+import pyarrow as pa
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from sensor.checkpoint import CheckpointStore, FileState
-from sensor.errors import ConfigError
+from sensor.errors import BFlowError, ConfigError
 from sensor.reader import Batch, Gunzip, LogDecoder
+
+# What bad file content or a failing disk can raise while a file is read. A
+# file that raises one of these is reported and skipped; anything else is a
+# defect in bflow and stops the process (systemd restarts it) rather than
+# silently dropping a whole log.
+FILE_ERRORS: Final = (
+    BFlowError,
+    OSError,
+    ValueError,
+    EOFError,
+    zlib.error,
+    pa.ArrowException,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -799,7 +814,7 @@ class LogTailer:
                 continue
             try:
                 batches, used = self._pump(f, budget)
-            except Exception as exc:
+            except FILE_ERRORS as exc:
                 self._report_bad(f.path, f, f"{type(exc).__name__}: {exc}")
                 continue
             out += self._wrap(f, batches)
@@ -947,7 +962,7 @@ class LogTailer:
             if f.archive or now - f.last_data >= self.finish_grace:
                 try:
                     out += self._wrap(f, self._finish(f))
-                except Exception as exc:
+                except FILE_ERRORS as exc:
                     self._report_bad(f.path, f, f"{type(exc).__name__}: {exc}")
 
         return out
