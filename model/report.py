@@ -157,7 +157,7 @@ def write_report(
                 )
     if threshold is not None:
         ax.axvline(threshold, color="black", linewidth=1, label="threshold")
-    ax.set_xlabel("score (anomaly logit)")
+    ax.set_xlabel("score (higher = more anomalous)")
     ax.set_ylabel("fraction")
     ax.set_yscale("log")
     ax.set_title("score histograms")

@@ -110,7 +110,7 @@ class TrainConfig:
     noise_mean: float = 0.0
     noise_std: float | None = None
     noise_quantile: float = 0.99
-    noise_spread: float = 1.0
+    noise_spread: float = 30.0
     recon_weight: float = 50.0
     adv_weight: float = 1.0
     epochs_ae: int = 4
