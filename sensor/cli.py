@@ -60,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # Not an error we raise on purpose: a bad value got past a check, or
+        # a defect. Still one line for the user; the traceback with -v.
+        if verbose:
+            structlog.get_logger().exception("command.crashed", command=name)
+        print(
+            f"error: {name} failed unexpectedly: {type(exc).__name__}: {exc}\n"
+            "  check the arguments; if they are right this is a bflow bug:"
+            f" `bflow -v {name} ...` shows the traceback to report",
+            file=sys.stderr,
+        )
+        return 1
 
     return code
 

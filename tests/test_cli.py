@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 
 def test_unknown_command_is_an_error_naming_it() -> None:
@@ -23,3 +24,21 @@ def test_help_lists_every_command() -> None:
     assert proc.returncode == 0
     for name in ("run", "read", "train", "eval", "retrain", "rollback"):
         assert name in proc.stdout
+
+
+def test_unexpected_failure_is_one_error_line_without_traceback(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A bad value that slips past a command's checks still gives `error:`."""
+    conn = data_dir / "zeek-generated/zeek-btest/Traces/wikipedia/conn.log"
+    out = tmp_path / "m.pt"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sensor", "train", "--kind", "flow", "--input"]
+        + [str(conn), "--out", str(out), "--set", "lr=-1"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode in (1, 2)
+    assert proc.stderr.startswith("error:") or "\nerror:" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
