@@ -60,10 +60,24 @@ def _end(host: object, port: object) -> str:
     return f"{host}:{port}"
 
 
-def _table(rows: list[dict[str, object]]) -> str:
-    columns = ("kind", "score", "threshold", "uid", "connection")
+def _sample_of_uid() -> dict[str, str]:
+    """Which sample set each conn.log uid belongs to."""
+    from sensor.reader import read_log
+
+    owner: dict[str, str] = {}
+    for name in SAMPLE_SETS:
+        for batch in read_log(SAMPLES / name / "conn.log"):
+            for uid in batch.records.column("uid").to_pylist():
+                owner[str(uid)] = name
+
+    return owner
+
+
+def _table(rows: list[dict[str, object]], owner: dict[str, str]) -> str:
+    columns = ("sample", "kind", "score", "threshold", "uid", "connection")
     cells = [
         (
+            owner.get(str(r["uid"]), "?"),
             str(r["kind"]),
             f"{float(str(r['score'])):.3f}",
             f"{float(str(r['threshold'])):.3f}",
@@ -171,14 +185,26 @@ def main(argv: list[str]) -> int:
     if config.notice_log.exists():
         rows = [r for r in read_notices(config.notice_log) if r["kind"] in NOTICE_KINDS]
     m = daemon.metrics
+    owner = _sample_of_uid()
     print(
         f"bflow demo: scored {m.scored.get('conn', 0)} conn.log records and "
         f"{m.scored.get('bflow_packet', 0)} packet-log records in "
-        f"{time.monotonic() - started:.1f} s; {len(rows)} notices"
+        f"{time.monotonic() - started:.1f} s"
+    )
+    for name in SAMPLE_SETS:
+        conns = sum(1 for v in owner.values() if v == name)
+        raised = sum(1 for r in rows if owner.get(str(r["uid"])) == name)
+        print(f"  {name:<18} {conns:>4} connections  {raised:>3} notice(s)")
+    print(
+        "A notice means a connection's score (higher = more anomalous, on the\n"
+        "model's own scale) reached the threshold calibrated on benign traffic.\n"
+        "The default models are small and trained on public benign captures\n"
+        "only; retrain on your own traffic. docs/DETECTION.md says how well\n"
+        "the model detects on labeled data."
     )
     if rows:
         print()
-        print(_table(rows))
+        print(_table(rows, owner))
         print()
     names = ", ".join(f.name for f in NOTICE_LOG_FIELDS)
     print(f"notice log: {config.notice_log}\n  (Zeek TSV; fields: {names})")
