@@ -3,6 +3,7 @@
 import collections
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -402,7 +403,9 @@ def test_demo_prints_the_notices_it_raised(
     assert f"notice log: {notice_log}" in proc.stdout
     ids = [r["notice_id"] for r in written_notices(notice_log)]
     assert sorted(ids) == sorted(expected_notice_ids(tiny_models))
-    assert f"; {len(ids)} notices" in proc.stdout
+    per_sample = re.findall(r"connections\s+(\d+) notice\(s\)", proc.stdout)
+    assert len(per_sample) == 2
+    assert sum(int(n) for n in per_sample) == len(ids)
     for record in written_notices(notice_log):
         assert str(record["uid"]) in proc.stdout
 
