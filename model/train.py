@@ -20,9 +20,10 @@ are in docs/DETECTION.md: with one noise scale the classifier's score
 swung with the seed (CTU flows AUROC 0.80 +- 0.16 over 5 seeds, lab packets
 0.32-0.73), while the flow likelihood was steadier, and higher on every
 flow data set and on the public packets (on the lab packets neither
-score detects anything: both are below 0.5). `noise_spread` (pseudo-anomalies at scales from 1x to
-`noise_spread`x the measured one) steadies the classifier; it was also
-picked on benchmark data, as the paper picked its noise.
+score detects anything: both are below 0.5). `noise_spread`
+(pseudo-anomalies at scales from 1x to `noise_spread`x the measured one)
+steadies the classifier; it was also picked on benchmark data, as the
+paper picked its noise.
 """
 
 from __future__ import annotations
