@@ -58,6 +58,7 @@ def test_train_then_eval_packet_model(
     assert meta.feature_schema["input_len"] == 128
     assert meta.validation["fpr_at_threshold"] <= meta.target_fpr
     assert meta.training["records"]["val"] > 0
+    assert meta.score == meta.training["config"]["score"] == "flow_nll"
 
     capsys.readouterr()
     mixed = data_dir / "lab/mixed-3/mixed-3.pcap"
@@ -84,12 +85,14 @@ def test_train_then_eval_packet_model(
 def test_train_and_eval_flow_model_on_labeled_conn_log(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A flow model trains on a conn.log and evaluates with its label field."""
+    """A flow model trains on a conn.log, with the score asked for, and
+    evaluates with its label field."""
     conn = data_dir / "lab/benign-2/zeek/conn.log"
     out = tmp_path / "flow.pt"
     args = ["--kind", "flow", "--input", str(conn), "--out", str(out), *TINY]
-    assert train_main(args) == 0
+    assert train_main([*args, "--score", "classifier"]) == 0
     meta = load_model(out, expect_kind="flow").metadata
+    assert meta.score == "classifier"
     schema = FlowFeatureSchema.from_dict(meta.feature_schema)
     assert meta.input_dim == len(schema.columns)
 
