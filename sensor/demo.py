@@ -24,8 +24,10 @@ from sensor.contract import NOTICE_LOG_FIELDS
 HERE = Path(__file__).resolve().parent
 SAMPLES = HERE / "samples"
 DEFAULT_MODELS = HERE / "default_models"
-# The order the demo plays them in: benign traffic, then an attack.
-SAMPLE_SETS = ("benign-wikipedia", "attack-wannacry")
+# The order the demo plays them in: benign traffic, then attacks.
+SAMPLE_SETS = ("benign-wikipedia", "attack-wannacry", "lab-mixed-1")
+# Notices listed one per line; the rest are counted (all are in the log).
+TABLE_ROWS = 20
 LOG_FILES = ("conn.log", "bflow_packet.log")
 
 
@@ -33,7 +35,12 @@ def _feed(log_dir: Path, *, pause: float, stop: threading.Event) -> None:
     """Write each sample set as one Zeek log file, then rotate it away."""
     for number, name in enumerate(SAMPLE_SETS):
         stamp = f"2026-12-04-{10 + number:02d}-00-00"
-        blobs = {f: (SAMPLES / name / f).read_bytes() for f in LOG_FILES}
+        # A sample set without a packet log feeds conn.log only.
+        blobs = {
+            f: (SAMPLES / name / f).read_bytes()
+            for f in LOG_FILES
+            if (SAMPLES / name / f).exists()
+        }
         for step in range(4):
             for file_name, blob in blobs.items():
                 lo, hi = len(blob) * step // 4, len(blob) * (step + 1) // 4
@@ -41,7 +48,7 @@ def _feed(log_dir: Path, *, pause: float, stop: threading.Event) -> None:
                     handle.write(blob[lo:hi])
             if stop.wait(pause):
                 return
-        for file_name in LOG_FILES:
+        for file_name in blobs:
             base = file_name.removesuffix(".log")
             os.rename(log_dir / file_name, log_dir / f"{base}.{stamp}.log")
 
@@ -203,8 +210,11 @@ def main(argv: list[str]) -> int:
         "the model detects on labeled data."
     )
     if rows:
+        shown = sorted(rows, key=lambda r: -float(str(r["score"])))[:TABLE_ROWS]
         print()
-        print(_table(rows, owner))
+        print(_table(shown, owner))
+        if len(rows) > len(shown):
+            print(f"... and {len(rows) - len(shown)} more (highest scores shown)")
         print()
     names = ", ".join(f.name for f in NOTICE_LOG_FIELDS)
     print(f"notice log: {config.notice_log}\n  (Zeek TSV; fields: {names})")

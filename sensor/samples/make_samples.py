@@ -26,6 +26,9 @@ SAMPLES = {
     "benign-wikipedia": "zeek-btest/Traces/wikipedia.pcap",
     "attack-wannacry": "malcolm-pcap/pcaps/plugins/zeek-EternalSafety/wannacry.pcap",
 }
+# name -> lab run under data/lab/; only Zeek's conn.log is bundled (the
+# run's packet log would be megabytes).
+CONN_ONLY = {"lab-mixed-1": "lab/mixed-1/zeek/conn.log"}
 OPEN_STAMP = "2026-12-04-00-00-00"
 
 
@@ -121,6 +124,10 @@ def main() -> int:
             DATA / capture, generated / "conn.log", target / "bflow_packet.log"
         )
         sys.stdout.write(f"{name}: {n} packet records\n")
+    for name, conn_log in CONN_ONLY.items():
+        (HERE / name).mkdir(exist_ok=True)
+        shutil.copyfile(DATA / conn_log, HERE / name / "conn.log")
+        sys.stdout.write(f"{name}: conn.log only\n")
 
     return 0
 
