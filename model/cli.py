@@ -437,7 +437,7 @@ def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bflow eval",
         description="Score labeled traffic with a model file and report "
-        "AUROC, AUPRC, TPR at 1%% FPR and the FPR at its threshold.",
+        "AUROC, AUPRC, TPR at 1% FPR and the FPR at its threshold.",
     )
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--input", nargs="+", type=Path, required=True, metavar="PATH")
@@ -479,7 +479,12 @@ def _label_rows(
                 f"--label-field {label_field!r} is not a field of the inputs "
                 f"(fields: {', '.join(table.column_names)})"
             )
-        raw = [str(v) for v in table.column(label_field).to_pylist()]
+        # Label columns of site extensions are `string` fields, which the
+        # reader keeps as bytes.
+        raw = [
+            v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+            for v in table.column(label_field).to_pylist()
+        ]
         label = np.array([_row_label(v) for v in raw], dtype=object)
         family = np.array(raw, dtype=object)
         return label, family, np.arange(n)
@@ -573,6 +578,13 @@ def eval_main(argv: list[str]) -> int:
     normal = label == "benign"
     attack = label == "attack"
     unmatched = int((label == "").sum())
+    if not normal.any() or not attack.any():
+        raise ConfigError(
+            f"the inputs hold {int(normal.sum())} benign and {int(attack.sum())}"
+            " attack records with labels; AUROC needs both: add inputs with"
+            " benign (or attack) connections, or check that --labels covers"
+            " these inputs"
+        )
     metrics = detection_metrics(scores[normal], scores[attack], meta.threshold)
     print(f"model      {args.model} ({meta.kind}, version {meta.model_version})")
     print(

@@ -1,6 +1,8 @@
 """`bflow train` and `bflow eval` on real captures and conn.logs."""
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from model.artifact import load_model
 from model.cli import eval_main, train_main
 from model.features.flow import FlowFeatureSchema
 from sensor.errors import ConfigError
+from tests.conftest import REPO
 
 torch.set_num_threads(1)
 
@@ -129,3 +132,21 @@ def test_cuda_without_a_gpu_is_a_config_error(data_dir: Path, tmp_path: Path) ->
             ["--kind", "packet", "--input", str(pcap), "--out", str(tmp_path / "m")]
             + ["--device", "cuda"]
         )
+
+
+def test_eval_without_benign_records_says_what_to_add(data_dir: Path) -> None:
+    """Evaluating inputs that hold no benign record is a clear error, not NaN."""
+    conn = (
+        data_dir / "zeek-generated/malcolm-pcap/pcaps/plugins/zeek-EternalSafety"
+        "/wannacry/conn.log"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "sensor", "eval", "--model"]
+        + [str(REPO / "sensor/default_models/flow.pt"), "--input", str(conn)]
+        + ["--labels", str(data_dir / "labels/connections.tsv")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "0 benign" in proc.stderr
+    assert "nan" not in proc.stdout
