@@ -13,9 +13,11 @@ from model.features.flow import FlowFeatureSchema
 from model.features.packet import PacketFeatureConfig, packet_features
 from model.features.pcap import sample_pcap
 from model.train import (
+    DEFAULT_RESTARTS,
     DEFAULT_SCORE,
     TrainConfig,
     TrainedModel,
+    _input_standardizer,
     _pseudo,
     train_three_stage,
 )
@@ -257,3 +259,50 @@ def test_one_structured_event_per_epoch_off_a_terminal(
         mine = [e for e in epochs if e["stage"] == stage]
         assert [e["epoch"] for e in mine] == list(range(len(model.history[stage])))
         assert all(np.isfinite(e["loss"]) for e in mine)
+
+
+def test_restarts_keep_the_run_with_the_lowest_validation_nll(
+    benign_packets: np.ndarray,
+) -> None:
+    """With two restarts the model keeps the stage 1+2 run whose flow fits the
+    normal validation latents best."""
+    x, v = benign_packets[:400], benign_packets[400:500]
+    singles = [
+        train_three_stage(x, v, small_config(**_one_epoch(), seed=s, restarts=1))
+        for s in (3, 1003)
+    ]
+    nll = [float(m.score_flow_nll(v).mean()) for m in singles]
+    assert nll[0] != nll[1]
+    picked = train_three_stage(x, v, small_config(**_one_epoch(), restarts=2))
+    best = singles[int(np.argmin(nll))]
+    np.testing.assert_array_equal(picked.latents(v), best.latents(v))
+    np.testing.assert_array_equal(picked.score_flow_nll(v), best.score_flow_nll(v))
+
+
+def test_restarts_default_per_kind_and_below_zero_are_refused() -> None:
+    """0 restarts means the kind's default; a negative count is a ConfigError."""
+    for kind, restarts in DEFAULT_RESTARTS.items():
+        assert TrainConfig(kind=kind, input_dim=16).restarts == restarts
+    assert TrainConfig(kind="flow", input_dim=16, restarts=1).restarts == 1
+    with pytest.raises(ConfigError, match="restarts=-1"):
+        TrainConfig(kind="flow", input_dim=16, restarts=-1)
+
+
+def test_flow_value_unseen_in_training_lands_far_out(data_dir: Path) -> None:
+    """A feature constant over the training records scales a new value by
+    about sqrt(N); features that vary keep about their own spread."""
+    batches = [b.records for b in read_log(data_dir / "lab/benign-1/zeek/conn.log")]
+    table = pa.Table.from_batches(batches)
+    x = FlowFeatureSchema().fit(table).transform(table)
+    xt = torch.from_numpy(x)
+    norm = _input_standardizer(xt)
+    spread = xt.std(dim=0, unbiased=False)
+    constant = torch.nonzero(spread == 0).flatten()
+    varied = torch.nonzero(spread > 0.5).flatten()
+    assert len(constant) and len(varied)
+    shifted = xt[:1].clone()
+    shifted[0, constant[0]] += 1.0
+    assert float(norm(shifted)[0, constant[0]]) == pytest.approx(
+        len(x) ** 0.5, rel=1e-3
+    )
+    torch.testing.assert_close(norm.std[varied], spread[varied], rtol=0.01, atol=0)
