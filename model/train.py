@@ -10,7 +10,8 @@
 Generic over the feature kind: "packet" uses the convolutional networks,
 "flow" the MLPs (see `model.nets`). No anomaly label is read anywhere here;
 the validation set is normal data and is used only for the noise scale, for
-picking the flow's best epoch and for the per-epoch validation losses.
+picking the flow's best epoch, for picking among `restarts` runs of stages
+1 and 2 (lowest flow NLL) and for the per-epoch validation losses.
 
 The score the exported model computes is `TrainConfig.score`: the stage-3
 classifier's anomaly logit (the paper's score) or the stage-2 flow's
