@@ -304,12 +304,14 @@ def _where(name: str, source: str) -> str:
     return f"fix it in the {source}"
 
 
-def check_paths(config: Config) -> None:
+def check_paths(config: Config, *, create: bool = True) -> None:
     """Check what the daemon needs from the file system before it starts.
 
     The log directory must exist and be readable (it may be a symlink such as
     zeekctl's `logs/current`); the state and notice directories are created
     if missing and must be writable; each configured model file must exist.
+    With `create` False (`--check-config`) nothing is created: a missing
+    directory passes when the daemon could create it.
 
     Raises:
         ConfigError: naming the path and what is wrong with it.
@@ -328,6 +330,9 @@ def check_paths(config: Config) -> None:
 
     for name in ("state_dir", "notice_dir"):
         directory: Path = getattr(config, name)
+        if not create:
+            _check_creatable(name, directory)
+            continue
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -349,3 +354,23 @@ def check_paths(config: Config) -> None:
                 f"model there (bflow train) or unset {name} to turn that kind "
                 "of scoring off"
             )
+
+
+def _check_creatable(name: str, directory: Path) -> None:
+    """Raise unless `directory` is writable or could be created."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing == directory and not directory.is_dir():
+        raise ConfigError(
+            f"{name} {str(directory)!r} exists but is not a directory; "
+            "point it at a directory"
+        )
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable"
+        if existing != directory:
+            what = f"cannot be created: {str(existing)!r} is not writable"
+        raise ConfigError(
+            f"{name} {str(directory)!r} {what} by this user; create it and "
+            "make it writable by the daemon's user"
+        )

@@ -527,7 +527,7 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     flags = {name: getattr(args, name) for name in PARSERS}
     config = build_config(file=args.config, flags=flags)
-    check_paths(config)
+    check_paths(config, create=not args.check_config)
 
     daemon = Daemon(config)
     if args.check_config:

@@ -184,6 +184,14 @@ def main(argv: list[str]) -> int:
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be 1 or more")
     failed = False
+    for given in args.files:
+        if Path(given).is_dir() and not _expand([given]):
+            print(
+                f"error: folder {given!r} holds no *.log* file; give a Zeek "
+                "log file or a folder of them",
+                file=sys.stderr,
+            )
+            failed = True
     for path in _expand(args.files):
         stats = ReadStats()
         batches = read_log(

@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from sensor.cli import main as bflow
+
 
 def test_unknown_command_is_an_error_naming_it() -> None:
     """An unknown subcommand exits 2 and names the bad value."""
@@ -42,3 +46,16 @@ def test_unexpected_failure_is_one_error_line_without_traceback(
     assert proc.stderr.startswith("error:") or "\nerror:" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_read_of_a_folder_without_logs_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bflow read` on a folder with no *.log* file says so and exits 1."""
+    (tmp_path / "notes.txt").write_text("not a log")
+
+    assert bflow(["read", str(tmp_path)]) == 1
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"folder {str(tmp_path)!r} holds no *.log* file" in captured.err

@@ -148,6 +148,26 @@ def test_missing_log_dir_and_model_are_found_before_start(tmp_path: Path) -> Non
     assert config.state_dir.is_dir() and config.notice_dir.is_dir()
 
 
+def test_dry_check_creates_nothing(tmp_path: Path) -> None:
+    """`--check-config`'s dry check passes creatable dirs but creates none."""
+    flags = _dirs(tmp_path)
+    config = build_config(environ={}, flags=flags)
+
+    check_paths(config, create=False)
+
+    assert not config.state_dir.exists() and not config.notice_dir.exists()
+
+
+def test_dry_check_refuses_a_file_where_a_dir_belongs(tmp_path: Path) -> None:
+    """A state_dir that is a plain file fails the dry check with its path."""
+    flags = _dirs(tmp_path)
+    (tmp_path / "state").write_text("not a dir")
+    config = build_config(environ={}, flags=flags)
+
+    with pytest.raises(ConfigError, match="state_dir .* is not a directory"):
+        check_paths(config, create=False)
+
+
 def test_unwritable_state_dir_is_refused(tmp_path: Path) -> None:
     """A state directory the daemon cannot write to is a config error."""
     if os.geteuid() == 0:
