@@ -300,7 +300,8 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 
     from model.train import TrainConfig
 
-    known = {f.name for f in fields(TrainConfig)}
+    types = {f.name: f.type for f in fields(TrainConfig)}
+    known = set(types)
     out: dict[str, Any] = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -310,11 +311,37 @@ def _overrides(items: list[str]) -> dict[str, Any]:
                 f"{', '.join(sorted(known))}"
             )
         try:
-            out[name] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            out[name] = value
+            parsed = value
+        out[name] = _typed(item, parsed, str(types[name]))
 
     return out
+
+
+def _typed(item: str, value: Any, annotation: str) -> Any:
+    """`value` as the TrainConfig field's type, or a ConfigError naming it."""
+    if value is None and annotation.endswith("| None"):
+        return None
+    base = annotation.removesuffix(" | None")
+    if base.startswith("tuple[int"):
+        if isinstance(value, list) and all(_is_int(v) for v in value):
+            return tuple(value)
+    elif base == "float" and (_is_int(value) or isinstance(value, float)):
+        return float(value)
+    elif (base, type(value)) in {("int", int), ("bool", bool), ("str", str)}:
+        return value
+    example = {"int": "3", "float": "0.5", "bool": "true", "str": "name"}.get(
+        base, "[8, 16]"
+    )
+    raise ConfigError(
+        f"--set {item!r}: {value!r} is not of type {annotation}; write it as "
+        f"JSON, e.g. {item.partition('=')[0]}={example}"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def train_main(argv: list[str]) -> int:
@@ -328,6 +355,7 @@ def train_main(argv: list[str]) -> int:
 
     args = _train_parser().parse_args(argv)
     _set_threads(args.threads)
+    overrides = _overrides(args.set)
     for path in args.input:
         if not path.is_file():
             raise ConfigError(f"--input {path}: no such file")
@@ -372,7 +400,7 @@ def train_main(argv: list[str]) -> int:
     for name in ("epochs_ae", "epochs_flow", "epochs_clf"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    settings |= _overrides(args.set)
+    settings |= overrides
     cfg = TrainConfig(**settings)
     trained = train_three_stage(x_train, x_val, cfg, checkpoint_dir=args.checkpoint_dir)
 

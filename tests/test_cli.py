@@ -59,3 +59,29 @@ def test_read_of_a_folder_without_logs_is_an_error(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"folder {str(tmp_path)!r} holds no *.log* file" in captured.err
+
+
+def test_train_set_value_of_the_wrong_type_is_refused_up_front(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bflow train --set latent_dim=abc` names the field and type, reads nothing."""
+    missing = tmp_path / "never-read.log"
+
+    code = bflow(
+        [
+            "train",
+            "--kind",
+            "flow",
+            "--input",
+            str(missing),
+            "--out",
+            str(tmp_path / "m.pt"),
+            "--set",
+            "latent_dim=abc",
+        ]
+    )
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--set 'latent_dim=abc': 'abc' is not of type int" in err
+    assert "no such file" not in err
