@@ -38,10 +38,13 @@ import hashlib
 import io
 import json
 import re
+import threading
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from itertools import repeat
 from os import PathLike
 from typing import IO, Any, BinaryIO, Final
 
@@ -53,15 +56,20 @@ import structlog
 from sensor.contract import PACKET_LOG_FIELDS, PACKET_LOG_PATH
 from sensor.errors import LogFormatError
 from sensor.zeektypes import (
+    INTEGER_TYPES,
     TIME_MAX_US,
     TIME_MIN_US,
+    ColumnHints,
     Markers,
     arrow_type,
     conform,
     convert_column,
+    csv_type,
+    from_csv,
     normalise_addr,
     normalise_subnet,
     split_container,
+    times_in_range,
     unescape,
     unescape_hex_only,
 )
@@ -230,6 +238,9 @@ class _Header:
     fields: list[str] | None = None
     types: list[str] | None = None
     broken: str | None = None
+    # Columns the CSV reader types itself, and how often each failed.
+    csv_types: dict[int, pa.DataType] | None = None
+    csv_failures: dict[int, int] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -263,11 +274,170 @@ def _is_utf8(block: memoryview) -> bool:
     return True
 
 
+def _is_ascii(block: memoryview) -> bool:
+    return not len(block) or bool(np.frombuffer(block, dtype=np.uint8).max() < 0x80)
+
+
+def _count_lines(data: bytes | memoryview) -> int:
+    if len(data) < 1 << 16:
+        return bytes(data).count(b"\n")
+    # numpy's compare-and-count is several times faster than bytes.count.
+    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A))
+
+
+def _count_x(data: bytes | memoryview | pa.Buffer) -> int:
+    """How many bytes are an `x` or `X`."""
+    view = np.frombuffer(data, dtype=np.uint8)
+
+    return int(np.count_nonzero((view | 0x20) == 0x78))
+
+
+def _count_x_values(column: pa.Array) -> int:
+    """`_count_x` over the value bytes of a binary column."""
+    offsets_buffer, data = column.buffers()[1:3]
+    if data is None or not len(column):
+        return 0
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int32)
+    start, end = offsets[column.offset], offsets[column.offset + len(column)]
+
+    return _count_x(memoryview(data)[start:end])
+
+
+# A split block: its columns, its rejected lines (line within the block
+# from 1, fields found), and which columns the CSV reader typed.
+_Split = tuple[list[pa.Array], list[tuple[int, int]], frozenset[int]]
+
+
+def _records(split: _Split) -> int:
+    """Lines a split accounts for: records plus rejected lines."""
+    columns, rejected, _ = split
+
+    return (len(columns[0]) if columns else 0) + len(rejected)
+
+
+@dataclass(frozen=True)
+class _BlockFacts:
+    """What one look at a block's bytes told."""
+
+    ascii: bool
+    backslash: bool
+    cr: bool
+
+
 def _next_hash_line(chunk: bytes, start: int) -> int | None:
     """Start of the next line after `start` that begins with `#`, if any."""
+    # `#` alone is found by memchr, many times faster than `\n#`; fall back
+    # to the pair when the data lines themselves hold many `#`.
+    for _ in range(8):
+        found = chunk.find(b"#", start + 1)
+        if found < 0:
+            return None
+        if chunk[found - 1] == 0x0A:
+            return found
+        start = found
     found = chunk.find(b"\n#", start)
 
     return None if found < 0 else found + 1
+
+
+# Smallest piece of a block worth a thread of its own.
+_MIN_PIECE: Final = 1 << 20
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One shared pool per thread count, started on first use."""
+    with _pools_lock:
+        pool = _pools.get(threads)
+        if pool is None:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix="bflow-read")
+            _pools[threads] = pool
+
+    return pool
+
+
+def _pieces(block: memoryview, threads: int) -> list[memoryview]:
+    """Cut a block into up to `threads` pieces of whole lines."""
+    count = min(threads, len(block) // _MIN_PIECE)
+    if count < 2:
+        return [block]
+    view = np.frombuffer(block, dtype=np.uint8)
+    pieces: list[memoryview] = []
+    start = 0
+    for part in range(1, count):
+        at = max(start, len(block) * part // count)
+        end = _line_end(view, at)
+        if end is None or end + 1 >= len(block):
+            break
+        cut = end + 1
+        if cut >= len(block):
+            break
+        pieces.append(block[start:cut])
+        start = cut
+    pieces.append(block[start:])
+
+    return pieces
+
+
+def _line_end(view: np.ndarray, at: int) -> int | None:
+    """Offset of the first `\\n` at or after `at`, if any."""
+    window = 1 << 16
+    while at < len(view):
+        ends = np.flatnonzero(view[at : at + window] == 0x0A)
+        if ends.size:
+            return at + int(ends[0])
+        at += window
+        window *= 2
+
+    return None
+
+
+@dataclass(frozen=True)
+class _CsvOptions:
+    names: list[str]
+    column_types: dict[str, pa.DataType]
+    delimiter: str
+    unset: str
+
+
+def _read_piece(
+    piece: memoryview, options: _CsvOptions
+) -> tuple[pa.Table, list[tuple[int, int]]]:
+    """One piece through pyarrow's CSV reader (it lets go of the GIL)."""
+    rejected: list[tuple[int, int]] = []
+
+    def reject(row: Any) -> str:
+        rejected.append((row.number, row.actual_columns))
+        return "skip"
+
+    table = pacsv.read_csv(
+        pa.BufferReader(pa.py_buffer(piece)),
+        read_options=pacsv.ReadOptions(
+            column_names=options.names,
+            use_threads=False,
+            block_size=max(len(piece) + 1, 1 << 16),
+        ),
+        parse_options=pacsv.ParseOptions(
+            delimiter=options.delimiter,
+            quote_char=False,
+            escape_char=False,
+            double_quote=False,
+            ignore_empty_lines=True,
+            invalid_row_handler=reject,
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types=options.column_types,
+            null_values=[options.unset],
+            true_values=["T"],
+            false_values=["F"],
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+            check_utf8=False,
+        ),
+    )
+
+    return table, rejected
 
 
 def _decode_meta(value: bytes) -> str:
@@ -303,6 +473,7 @@ class LogDecoder:
         skip_until: int = 0,
         after_close: bool = False,
         max_line: int = MAX_LINE,
+        threads: int = 1,
     ) -> None:
         """Set up a decoder.
 
@@ -320,12 +491,18 @@ class LogDecoder:
                 by default they are skipped and counted.
             max_line: longest line held while waiting for its end; a longer
                 one is skipped and counted, so memory stays bounded.
+            threads: threads that split one TSV batch, each a piece of at
+                least 1 MiB; 1 (the default) keeps the decoder on the
+                calling thread, out of Zeek's way on a sensor.
 
         Raises:
-            ValueError: batch_size is not positive.
+            ValueError: batch_size or threads is not positive.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        self.threads = threads
         self.source = source
         self.batch_size = batch_size
         self.log_path = log_path
@@ -343,6 +520,7 @@ class LogDecoder:
         self._line_no = 0
         self._header = _Header()
         self._pending: list[bytes] = []
+        self._pending_counts: list[int] = []
         self._pending_lines = 0
         self._pending_offset = 0
         self._pending_line_no = 1
@@ -590,9 +768,11 @@ class LogDecoder:
             header.open = _decode_meta(value)
         elif key == b"fields":
             header.fields = [_decode_meta(v) for v in value.split(header.separator)]
+            header.csv_types = None
             self.closed = False
         elif key == b"types":
             header.types = [_decode_meta(v) for v in value.split(header.separator)]
+            header.csv_types = None
 
     # -- pending records --------------------------------------------------
 
@@ -620,6 +800,7 @@ class LogDecoder:
             self._pending_offset = offset
             self._pending_line_no = line_no
         self._pending.append(run)
+        self._pending_counts.append(lines)
         self._pending_lines += lines
 
         return self._emit_pending(everything=False)
@@ -632,17 +813,12 @@ class LogDecoder:
 
         # One copy of the held runs; then cut batches at line boundaries.
         held = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        cuts = self._cut_points()
         self._pending.clear()
-        cuts: list[int] = []
-        if self._pending_lines > self.batch_size:
-            view = np.frombuffer(held, dtype=np.uint8)
-            ends = np.flatnonzero(view == 0x0A)
-            del view
-            cuts = (ends[self.batch_size - 1 :: self.batch_size] + 1).tolist()
+        self._pending_counts.clear()
         if not cuts or cuts[-1] != len(held):
             cuts.append(len(held))
 
-        has_cr = b"\r" in held
         batches: list[Batch] = []
         start = 0
         for cut in cuts:
@@ -650,21 +826,46 @@ class LogDecoder:
             if take < self.batch_size and not everything:
                 # A short remainder waits for more lines (or a flush).
                 self._pending.append(held[start:])
+                self._pending_counts.append(self._pending_lines)
                 break
             # A view, not a copy: the CSV reader reads it in place.
             block = memoryview(held)[start:cut]
+            facts = _BlockFacts(
+                ascii=_is_ascii(block),
+                backslash=held.find(b"\\", start, cut) >= 0,
+                cr=held.find(b"\r", start, cut) >= 0,
+            )
             first_line = self._pending_line_no
             self._pending_lines -= take
             self._pending_line_no += take
             self._pending_offset += cut - start
             start = cut
             batch = self._decode_block(
-                block, first_line, take, self._pending_offset, has_cr=has_cr
+                block, first_line, take, self._pending_offset, facts
             )
             if batch is not None:
                 batches.append(batch)
 
         return batches
+
+    def _cut_points(self) -> list[int]:
+        """Offsets in the joined held runs just past each full batch.
+
+        Only the runs a cut falls in are searched for line ends.
+        """
+        cuts: list[int] = []
+        wanted = self.batch_size
+        before_lines = before_bytes = 0
+        for run, lines in zip(self._pending, self._pending_counts, strict=True):
+            if before_lines + lines >= wanted:
+                ends = np.flatnonzero(np.frombuffer(run, dtype=np.uint8) == 0x0A)
+                while before_lines + lines >= wanted:
+                    cuts.append(before_bytes + int(ends[wanted - before_lines - 1]) + 1)
+                    wanted += self.batch_size
+            before_lines += lines
+            before_bytes += len(run)
+
+        return cuts
 
     def _decode_block(
         self,
@@ -672,15 +873,12 @@ class LogDecoder:
         first_line: int,
         lines: int,
         end: int,
-        *,
-        has_cr: bool,
+        facts: _BlockFacts,
     ) -> Batch | None:
         if self.format == "json":
             records, log_path = self._decode_json(bytes(block), first_line)
         else:
-            records, log_path = self._decode_tsv(
-                block, first_line, lines, has_cr=has_cr
-            )
+            records, log_path = self._decode_tsv(block, first_line, lines, facts)
         if records is None or records.num_rows == 0:
             return None
         self.stats.records += records.num_rows
@@ -704,7 +902,7 @@ class LogDecoder:
     # -- TSV --------------------------------------------------------------
 
     def _decode_tsv(
-        self, block: memoryview, first_line: int, count: int, *, has_cr: bool
+        self, block: memoryview, first_line: int, count: int, facts: _BlockFacts
     ) -> tuple[pa.RecordBatch | None, str | None]:
         header = self._header
         closed = self.closed and not self.after_close
@@ -732,26 +930,30 @@ class LogDecoder:
                 f"#fields has {len(names)} names but #types has {len(types)}"
             )
             log.error("header.unusable", file=self.source, reason=header.broken)
-            return self._decode_tsv(block, first_line, count, has_cr=has_cr)
+            return self._decode_tsv(block, first_line, count, facts)
 
-        columns, line_numbers = self._split_tsv(
-            block, first_line, count, len(names), has_cr=has_cr
+        columns, line_numbers, typed = self._split_tsv(
+            block, first_line, count, types, facts
         )
         if not line_numbers.size:
             return None, None
 
-        return self._build_tsv(names, types, columns, line_numbers)
+        return self._build_tsv(names, types, columns, line_numbers, typed, facts)
 
     def _split_tsv(
         self,
         block: memoryview,
         first_line: int,
         lines_total: int,
-        width: int,
-        *,
-        has_cr: bool,
-    ) -> tuple[list[pa.Array], np.ndarray]:
-        """Split lines into raw binary columns; reject wrong field counts."""
+        types: list[str],
+        facts: _BlockFacts,
+    ) -> tuple[list[pa.Array], np.ndarray, frozenset[int]]:
+        """Split lines into columns; reject wrong field counts.
+
+        Returns the columns, the line number of each record, and which
+        columns the CSV reader has already typed (the rest are raw binary).
+        """
+        width = len(types)
         line_numbers = np.arange(first_line, first_line + lines_total)
         separator = self._header.separator
 
@@ -759,75 +961,161 @@ class LogDecoder:
         # holding one (rare) take the Python path.
         unset = self._header.markers.unset.decode("utf-8", "replace")
         simple = (
-            not has_cr
+            not facts.cr
             and unset.encode() == self._header.markers.unset
             and len(separator) == 1
             and separator[0] < 0x80
             and separator not in b"\n\r"
-            and _is_utf8(block)
+            and (facts.ascii or _is_utf8(block))
         )
         if not simple:
-            return self._split_tsv_python(block, line_numbers, width)
+            columns, kept = self._split_tsv_python(block, line_numbers, width)
+            return columns, kept, frozenset()
 
-        rejected: list[tuple[int, int]] = []
-
-        def reject(row: Any) -> str:
-            rejected.append((row.number, row.actual_columns))
-            return "skip"
-
-        names = [f"f{i}" for i in range(width)]
-        try:
-            table = self._read_csv(block, names, separator, unset, reject)
-        except pa.ArrowInvalid:
-            # A row pyarrow could not hand to `reject`: read the block the
-            # exact, slower way rather than give it up.
-            return self._split_tsv_python(block, line_numbers, width)
-        if table.num_rows + len(rejected) != lines_total:
-            # Blank lines were dropped, so rows no longer map to line
+        split = None
+        # This block's own copy: a column that fails here is binary here.
+        csv_types = dict(self._csv_types(types))
+        while csv_types:
+            try:
+                split = self._read_csv(block, types, csv_types)
+            except pa.ArrowInvalid as exc:
+                failed = self._typed_parse_failed(str(exc), csv_types)
+                if failed is None:
+                    break
+                del csv_types[failed]
+                continue
+            # None: a value only the exact converters may judge (hex, a
+            # time past year 9999): read the columns as binary after all.
+            break
+        if split is None:
+            try:
+                split = self._read_csv(block, types, {})
+            except pa.ArrowInvalid:
+                # A row pyarrow could not hand to `reject`: read the block
+                # the exact, slower way rather than give it up.
+                split = None
+        if split is None or _records(split) != lines_total:
+            # Blank lines were dropped, so records no longer map to line
             # numbers: read this (rare) block the exact, slower way.
-            return self._split_tsv_python(block, line_numbers, width)
+            columns, kept = self._split_tsv_python(block, line_numbers, width)
+            return columns, kept, frozenset()
+
+        columns, rejected, typed = split
         keep = np.ones(lines_total, dtype=bool)
         for number, actual in rejected:
             keep[number - 1] = False
             self._skip(
                 int(line_numbers[number - 1]), f"{actual} fields, expected {width}"
             )
-        columns = [column.combine_chunks() for column in table.columns]
 
-        return columns, line_numbers[keep]
+        return columns, line_numbers[keep], typed
+
+    def _csv_types(self, types: list[str]) -> dict[int, pa.DataType]:
+        """Columns of this header block the CSV reader may type itself."""
+        header = self._header
+        if header.csv_types is None:
+            names = header.fields or []
+            seen: set[str] = set()
+            header.csv_types = {}
+            for index, (name, zeek_type) in enumerate(zip(names, types, strict=True)):
+                target = csv_type(zeek_type)
+                if name and name not in seen and target is not None:
+                    header.csv_types[index] = target
+                seen.add(name)
+
+        return header.csv_types
+
+    def _typed_parse_failed(
+        self, message: str, csv_types: dict[int, pa.DataType]
+    ) -> int | None:
+        """The column whose value the CSV reader could not type, if known.
+
+        That column is then read as binary in this block, and the exact
+        converters judge its values (and skip a bad record, as always). A
+        column that fails in a second block stays binary for the rest of
+        the header block, so a log that writes a field in a form the CSV
+        reader does not take (`443/tcp`) is not parsed twice each time.
+        """
+        match = re.match(r"In CSV column #(\d+):", message)
+        if match is None or int(match.group(1)) not in csv_types:
+            return None
+        index = int(match.group(1))
+        header = self._header
+        header.csv_failures[index] = header.csv_failures.get(index, 0) + 1
+        if header.csv_failures[index] == 2 and header.csv_types is not None:
+            header.csv_types.pop(index, None)
+            log.debug(
+                "column.typed_parse_off",
+                file=self.source,
+                column=index,
+                reason=message[:200],
+            )
+
+        return index
 
     def _read_csv(
-        self,
-        block: memoryview,
-        names: list[str],
-        separator: bytes,
-        unset: str,
-        reject: Any,
-    ) -> pa.Table:
-        """Split a block with pyarrow's CSV reader: raw binary columns."""
-        return pacsv.read_csv(
-            pa.BufferReader(pa.py_buffer(block)),
-            read_options=pacsv.ReadOptions(
-                column_names=names,
-                use_threads=False,
-                block_size=max(len(block) + 1, 1 << 16),
-            ),
-            parse_options=pacsv.ParseOptions(
-                delimiter=separator.decode("ascii"),
-                quote_char=False,
-                escape_char=False,
-                double_quote=False,
-                ignore_empty_lines=True,
-                invalid_row_handler=reject,
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.binary() for name in names},
-                null_values=[unset],
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-                check_utf8=False,
-            ),
+        self, block: memoryview, types: list[str], csv_types: dict[int, pa.DataType]
+    ) -> _Split | None:
+        """Split a block with pyarrow's CSV reader, in pieces on threads.
+
+        Columns in `csv_types` are typed by the reader, the rest are raw
+        binary. Returns the columns, the rejected lines (line within the
+        block from 1, fields found) and the typed columns; None when a
+        typed value needs the exact path after all (a hex integer, a time
+        past year 9999).
+
+        Raises:
+            pa.ArrowInvalid: a value of a typed column did not parse, or a
+                line pyarrow could not hand to the reject handler.
+        """
+        pieces = _pieces(block, self.threads)
+        column_types = {
+            f"f{i}": csv_types.get(i, pa.binary()) for i in range(len(types))
+        }
+        options = _CsvOptions(
+            names=list(column_types),
+            column_types=column_types,
+            delimiter=self._header.separator.decode("ascii"),
+            unset=self._header.markers.unset.decode("utf-8", "replace"),
         )
+        if len(pieces) == 1:
+            results = [_read_piece(block, options)]
+        else:
+            results = list(
+                _pool(self.threads).map(_read_piece, pieces, repeat(options))
+            )
+
+        # Line numbers of rejected lines count from the start of the block.
+        rejected: list[tuple[int, int]] = []
+        before = 0
+        for piece, (_, piece_rejected) in zip(pieces, results, strict=True):
+            rejected += [(before + number, fields) for number, fields in piece_rejected]
+            before += _count_lines(piece)
+        tables = [table for table, _ in results]
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+        columns = [
+            column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+            for column in table.columns
+        ]
+        typed = frozenset(csv_types)
+        if not typed:
+            return columns, rejected, typed
+
+        # pyarrow reads `0x10` as 16 in integer fields, where Zeek writes
+        # decimal only: every `x` of the block must be in an untyped column.
+        # Rejected lines are in no column, so they send it the exact way.
+        if any(types[i] in INTEGER_TYPES for i in typed) and (
+            rejected
+            or _count_x(block)
+            != sum(_count_x_values(c) for i, c in enumerate(columns) if i not in typed)
+        ):
+            return None
+        for index in typed:
+            columns[index] = from_csv(columns[index], types[index])
+            if types[index] == "time" and not times_in_range(columns[index]):
+                return None
+
+        return columns, rejected, typed
 
     def _split_tsv_python(
         self, block: memoryview, line_numbers: np.ndarray, width: int
@@ -862,13 +1150,18 @@ class LogDecoder:
         types: list[str],
         columns: list[pa.Array],
         line_numbers: np.ndarray,
+        typed: frozenset[int],
+        facts: _BlockFacts,
     ) -> tuple[pa.RecordBatch | None, str | None]:
         header = self._header
         arrays: dict[str, pa.Array] = {}
         zeek_types: dict[str, str] = {}
         bad = np.zeros(len(line_numbers), dtype=bool)
         reasons: dict[int, str] = {}
-        for name, zeek_type, raw in zip(names, types, columns, strict=True):
+        hints = ColumnHints(ascii=facts.ascii, backslash=facts.backslash)
+        for index, (name, zeek_type, raw) in enumerate(
+            zip(names, types, columns, strict=True)
+        ):
             if not name:
                 self._warn_once(
                     "empty-name", "header.empty_field_name", action="ignored"
@@ -877,12 +1170,16 @@ class LogDecoder:
             if name in arrays:
                 self._warn_once(f"dup-{name}", "header.duplicate_field", field=name)
                 continue
-            typed, invalid = convert_column(raw, zeek_type, header.markers)
+            if index in typed:
+                arrays[name], invalid = raw, None
+            else:
+                arrays[name], invalid = convert_column(
+                    raw, zeek_type, header.markers, hints=hints
+                )
             if invalid is not None:
-                for index in np.flatnonzero(invalid & ~bad).tolist():
-                    reasons[index] = f"invalid {zeek_type} in {name}"
+                for record in np.flatnonzero(invalid & ~bad).tolist():
+                    reasons[record] = f"invalid {zeek_type} in {name}"
                 bad |= invalid
-            arrays[name] = typed
             zeek_types[name] = zeek_type
 
         if not arrays:
@@ -891,7 +1188,14 @@ class LogDecoder:
             return None, None
 
         log_path = header.path or self.log_path
-        records = self._assemble(arrays, zeek_types, log_path, header.open)
+        # Decoded escapes may be any byte; without them ASCII stays ASCII.
+        records = self._assemble(
+            arrays,
+            zeek_types,
+            log_path,
+            header.open,
+            ascii=facts.ascii and not facts.backslash,
+        )
         if bad.any():
             for index in sorted(reasons):
                 self._skip(int(line_numbers[index]), reasons[index])
@@ -907,8 +1211,13 @@ class LogDecoder:
         zeek_types: dict[str, str],
         log_path: str | None,
         opened: str | None,
+        *,
+        ascii: bool = False,
     ) -> pa.RecordBatch:
-        """Order and cast the columns; apply a known log's schema."""
+        """Order and cast the columns; apply a known log's schema.
+
+        `ascii`: every value's bytes are known to be below 0x80.
+        """
         known = KNOWN_SCHEMAS.get(log_path or "")
         fields: list[pa.Field] = []
         columns: list[pa.Array] = []
@@ -943,7 +1252,7 @@ class LogDecoder:
                     columns.append(pa.nulls(length, known_field.type))
                     fields.append(known_field)
                     continue
-                columns.append(self._conform(known_field, values))
+                columns.append(self._conform(known_field, values, ascii=ascii))
                 fields.append(
                     known_field.with_metadata(
                         {"zeek_type": zeek_types[known_field.name]}
@@ -989,9 +1298,11 @@ class LogDecoder:
             "log them under their standard Zeek names"
         )
 
-    def _conform(self, known_field: pa.Field, values: pa.Array) -> pa.Array:
+    def _conform(
+        self, known_field: pa.Field, values: pa.Array, *, ascii: bool
+    ) -> pa.Array:
         try:
-            return conform(values, known_field.type)
+            return conform(values, known_field.type, ascii=ascii)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise LogFormatError(
                 f"{self.source}: field {known_field.name!r} holds "
@@ -1368,6 +1679,7 @@ def read_log(
     batch_size: int = DEFAULT_BATCH_SIZE,
     log_path: str | None = None,
     stats: ReadStats | None = None,
+    threads: int = 1,
 ) -> Iterator[Batch]:
     """Read a whole finished log file, batch by batch.
 
@@ -1376,13 +1688,16 @@ def read_log(
         batch_size: most records in one batch.
         log_path: the log's path for files that do not name it.
         stats: filled in with the file's counts as reading goes on.
+        threads: threads that split each batch (see `LogDecoder`).
 
     Raises:
         LogFormatError: the file is not a Zeek log.
         OSError: the file cannot be read.
     """
     source = str(path)
-    decoder = LogDecoder(source, batch_size=batch_size, log_path=log_path)
+    decoder = LogDecoder(
+        source, batch_size=batch_size, log_path=log_path, threads=threads
+    )
     if stats is not None:
         decoder.stats = stats
     with open_log_bytes(path) as stream:

@@ -415,6 +415,60 @@ def _convert_subnet(values: pa.Array, target: pa.DataType) -> Converted:
     return _convert_by_unique(values, normalise_subnet)
 
 
+# -- field types pyarrow's CSV reader can parse itself ---------------------
+#
+# For these scalar types the CSV reader's own parser gives, for every value
+# it accepts, what the converters above give, with two exceptions the reader
+# must check (see `sensor.reader`): it reads `0x10` as 16 in integer fields,
+# and a time can be past year 9999. Times and intervals are read as decimals
+# with six places, so they stay exact: a value with more places, which the
+# converters cut to the microsecond, fails the parse instead of rounding.
+_CSV_TYPES: Final[dict[str, pa.DataType]] = {
+    "time": pa.decimal128(18, 6),
+    "interval": pa.decimal128(18, 6),
+    "count": pa.uint64(),
+    "counter": pa.uint64(),
+    "int": pa.int64(),
+    "double": pa.float64(),
+    "port": pa.uint16(),
+    "bool": pa.bool_(),
+}
+INTEGER_TYPES: Final = frozenset({"count", "counter", "int", "port"})
+_MICROS_DECIMAL: Final = pa.decimal128(18, 0)
+
+
+def csv_type(zeek_type: str) -> pa.DataType | None:
+    """The type pyarrow's CSV reader may parse a field of this type into.
+
+    None for types that need the converters (strings, addresses,
+    containers).
+    """
+    return _CSV_TYPES.get(zeek_type)
+
+
+def from_csv(values: pa.Array, zeek_type: str) -> pa.Array:
+    """A column the CSV reader typed (`csv_type`) as its table type.
+
+    Decimal seconds with six places are read as integer microseconds
+    without any rounding.
+    """
+    if zeek_type not in ("time", "interval"):
+        return values
+    micros = values.view(_MICROS_DECIMAL).cast(pa.int64())
+
+    return micros.cast(arrow_type(zeek_type))
+
+
+def times_in_range(values: pa.Array) -> bool:
+    """Every time of a `time` column lies in years 1 to 9999."""
+    bounds = pc.min_max(values.cast(pa.int64()))
+    low, high = bounds["min"].as_py(), bounds["max"].as_py()
+    if low is None:
+        return True
+
+    return bool(low >= TIME_MIN_US and high <= TIME_MAX_US)
+
+
 def decode_escapes(values: pa.Array, *, hex_only: bool = False) -> pa.Array:
     """Decode escapes in the few values that contain a backslash."""
     has_escape = pc.fill_null(pc.match_substring(values, "\\"), False)
@@ -427,12 +481,15 @@ def decode_escapes(values: pa.Array, *, hex_only: bool = False) -> pa.Array:
     return pc.replace_with_mask(values, has_escape, decoded)
 
 
-def to_text(values: pa.Array) -> pa.Array:
+def to_text(values: pa.Array, *, ascii: bool = False) -> pa.Array:
     """binary -> string; values that are not UTF-8 get backslash escapes.
 
     Used for field types whose values are identifiers (enum, uid, history):
     Zeek writes them in ASCII, so the fallback is a safety net, not a path.
+    With `ascii` the caller knows every byte is below 0x80: no check needed.
     """
+    if ascii and values.type == pa.binary():
+        return values.view(pa.string())
     try:
         return values.cast(pa.string())
     except pa.ArrowInvalid:
@@ -444,12 +501,14 @@ def to_text(values: pa.Array) -> pa.Array:
         return pa.array(texts, type=pa.string())
 
 
-def _convert_string(values: pa.Array, target: pa.DataType) -> Converted:
-    decoded = decode_escapes(values)
+def _convert_string(
+    values: pa.Array, target: pa.DataType, hints: ColumnHints
+) -> Converted:
+    decoded = decode_escapes(values) if hints.backslash else values
     if target == pa.binary():
         return decoded, None
 
-    return to_text(decoded), None
+    return to_text(decoded, ascii=hints.ascii and not hints.backslash), None
 
 
 _CONVERTERS: Final[dict[str, Callable[[pa.Array, pa.DataType], Converted]]] = {
@@ -466,13 +525,48 @@ _CONVERTERS: Final[dict[str, Callable[[pa.Array, pa.DataType], Converted]]] = {
 }
 
 
-def _convert_scalar(values: pa.Array, zeek_type: str, target: pa.DataType) -> Converted:
-    converter = _CONVERTERS.get(zeek_type, _convert_string)
+@dataclass(frozen=True)
+class ColumnHints:
+    """What the caller already knows of the raw bytes of a column.
+
+    Attributes:
+        ascii: no byte is 0x80 or above, so binary -> string needs no check.
+        backslash: a backslash may occur, so escapes must be looked for.
+    """
+
+    ascii: bool = False
+    backslash: bool = True
+
+
+_NO_HINTS: Final = ColumnHints()
+
+
+def _convert_scalar(
+    values: pa.Array, zeek_type: str, target: pa.DataType, hints: ColumnHints
+) -> Converted:
+    converter = _CONVERTERS.get(zeek_type)
+    if converter is None:
+        return _convert_string(values, target, hints)
 
     return converter(values, target)
 
 
-def convert_column(raw: pa.Array, zeek_type: str, markers: Markers) -> Converted:
+def _replace_equal(values: pa.Array, marker: bytes, by: pa.Scalar) -> pa.Array:
+    """`values` with every value equal to `marker` replaced by `by`."""
+    hit = pc.equal(values, pa.scalar(marker, pa.binary()))
+    if not pc.any(hit).as_py():
+        return values
+
+    return pc.if_else(hit, by, values)
+
+
+def convert_column(
+    raw: pa.Array,
+    zeek_type: str,
+    markers: Markers,
+    *,
+    hints: ColumnHints = _NO_HINTS,
+) -> Converted:
     """Turn one column of raw TSV field values into its Arrow type.
 
     The unset and empty markers are compared with the whole raw field first
@@ -485,6 +579,8 @@ def convert_column(raw: pa.Array, zeek_type: str, markers: Markers) -> Converted
             field was the unset marker.
         zeek_type: the field type from `#types`.
         markers: the header's unset and empty markers and set separator.
+        hints: what is known of the bytes (from the whole block), to skip
+            checks that cannot find anything.
 
     Returns:
         The typed array, and a mask of records whose value was invalid (or
@@ -498,9 +594,8 @@ def convert_column(raw: pa.Array, zeek_type: str, markers: Markers) -> Converted
         values = raw
         if zeek_type not in _CONVERTERS:
             # string-like: the empty marker is the empty string.
-            empty = pc.equal(raw, pa.scalar(markers.empty, pa.binary()))
-            values = pc.if_else(empty, pa.scalar(b"", pa.binary()), values)
-        return _convert_scalar(values, zeek_type, target)
+            values = _replace_equal(raw, markers.empty, pa.scalar(b"", pa.binary()))
+        return _convert_scalar(values, zeek_type, target, hints)
 
     unset = raw.is_null()
     empty = pc.equal(raw, pa.scalar(markers.empty, pa.binary()))
@@ -509,7 +604,7 @@ def convert_column(raw: pa.Array, zeek_type: str, markers: Markers) -> Converted
     elements = lists.flatten()
     element_unset = pc.equal(elements, pa.scalar(markers.unset, pa.binary()))
     elements = pc.if_else(element_unset, null_binary, elements)
-    typed, bad_elements = _convert_scalar(elements, inner, target.value_type)
+    typed, bad_elements = _convert_scalar(elements, inner, target.value_type, hints)
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy()
     offsets = np.zeros(len(raw) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
@@ -525,10 +620,11 @@ def convert_column(raw: pa.Array, zeek_type: str, markers: Markers) -> Converted
     return result, bad
 
 
-def conform(values: pa.Array, target: pa.DataType) -> pa.Array:
+def conform(values: pa.Array, target: pa.DataType, *, ascii: bool = False) -> pa.Array:
     """Cast a converted column to a known schema's type.
 
-    binary -> string goes through `to_text`, also inside lists.
+    binary -> string goes through `to_text`, also inside lists; `ascii`
+    says every byte is known to be below 0x80.
 
     Raises:
         pa.ArrowInvalid: the column cannot be represented as `target`.
@@ -536,14 +632,14 @@ def conform(values: pa.Array, target: pa.DataType) -> pa.Array:
     if values.type == target:
         return values
     if values.type == pa.binary() and target == pa.string():
-        return to_text(values)
+        return to_text(values, ascii=ascii)
     if (
         pa.types.is_list(values.type)
         and pa.types.is_list(target)
         and values.type.value_type == pa.binary()
         and target.value_type == pa.string()
     ):
-        text = to_text(values.values)
+        text = to_text(values.values, ascii=ascii)
         return pa.ListArray.from_arrays(values.offsets, text, mask=values.is_null())
 
     return values.cast(target)
