@@ -278,18 +278,30 @@ def _is_ascii(block: memoryview) -> bool:
     return not len(block) or bool(np.frombuffer(block, dtype=np.uint8).max() < 0x80)
 
 
+# numpy's compare-and-count is several times faster than bytes.count; in
+# windows that stay in the CPU cache, faster again.
+_WINDOW: Final = 1 << 16
+
+
 def _count_lines(data: bytes | memoryview) -> int:
-    if len(data) < 1 << 16:
+    if len(data) < _WINDOW:
         return bytes(data).count(b"\n")
-    # numpy's compare-and-count is several times faster than bytes.count.
-    return int(np.count_nonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A))
+    view = np.frombuffer(data, dtype=np.uint8)
+
+    return sum(
+        int(np.count_nonzero(view[at : at + _WINDOW] == 0x0A))
+        for at in range(0, len(view), _WINDOW)
+    )
 
 
-def _count_x(data: bytes | memoryview | pa.Buffer) -> int:
+def _count_x(data: bytes | memoryview) -> int:
     """How many bytes are an `x` or `X`."""
     view = np.frombuffer(data, dtype=np.uint8)
 
-    return int(np.count_nonzero((view | 0x20) == 0x78))
+    return sum(
+        int(np.count_nonzero((view[at : at + _WINDOW] | 0x20) == 0x78))
+        for at in range(0, len(view), _WINDOW)
+    )
 
 
 def _count_x_values(column: pa.Array) -> int:
@@ -575,9 +587,10 @@ class LogDecoder:
             # The held line ends here, longer than a line may be.
             return self._start_discarding() + self._feed_piece(data)
         if self._tail:
-            self._tail += data[: last + 1]
-            chunk = bytes(self._tail)
+            chunk = b"".join((self._tail, memoryview(data)[: last + 1]))
             self._tail.clear()
+        elif last + 1 == len(data) and isinstance(data, bytes):
+            chunk = data
         else:
             chunk = data[: last + 1]
         rest = data[last + 1 :]
@@ -662,7 +675,7 @@ class LogDecoder:
         """Sort complete lines into header lines and runs of data lines."""
         base = self.offset
         first_line = self._line_no + 1
-        lines = chunk.count(b"\n")
+        lines = _count_lines(chunk)
         self.offset += len(chunk)
         self._line_no += lines
 
@@ -1090,7 +1103,8 @@ class LogDecoder:
         before = 0
         for piece, (_, piece_rejected) in zip(pieces, results, strict=True):
             rejected += [(before + number, fields) for number, fields in piece_rejected]
-            before += _count_lines(piece)
+            if len(pieces) > 1:
+                before += _count_lines(piece)
         tables = [table for table, _ in results]
         table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         columns = [

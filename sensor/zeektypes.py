@@ -370,9 +370,10 @@ def _convert_bool(values: pa.Array, target: pa.DataType) -> Converted:
     return result, _bad_mask(values, result)
 
 
-# Distinct raw values already normalised, per normaliser. Addresses repeat
+# Distinct raw values already normalised, per normaliser: the text (None
+# when invalid) and whether it is the raw value unchanged. Addresses repeat
 # a lot from batch to batch; the caches are emptied when they grow large.
-_NORMALISED: dict[Callable[[str], str], dict[bytes, str | None]] = {}
+_NORMALISED: dict[Callable[[str], str], dict[bytes, tuple[str | None, bool]]] = {}
 _CACHE_LIMIT: Final = 200_000
 
 
@@ -382,29 +383,49 @@ def _convert_by_unique(values: pa.Array, normalise: Callable[[str], str]) -> Con
     if len(cache) > _CACHE_LIMIT:
         cache.clear()
     distinct = pc.unique(values)
+    if not _changed(distinct, normalise, cache):
+        # Every value is in canonical form already, hence ASCII.
+        return values.view(pa.string()), None
+
     normalised: list[str | None] = []
-    unchanged = True
     for raw in distinct.to_pylist():
         if raw is None:
             normalised.append(None)
             continue
-        text = cache.get(raw, "")
-        if text == "":
-            try:
-                text = normalise(raw.decode("ascii"))
-            except (ValueError, UnicodeDecodeError):
-                text = None
-            cache[raw] = text
-        unchanged = unchanged and text is not None and len(text) == len(raw)
-        normalised.append(text)
-    if unchanged and normalised == [
-        None if raw is None else raw.decode("ascii") for raw in distinct.to_pylist()
-    ]:
-        return values.cast(pa.string()), None
+        normalised.append(_normalised(raw, normalise, cache)[0])
     positions = pc.index_in(values, value_set=distinct)
     result = pc.take(pa.array(normalised, type=pa.string()), positions)
 
     return result, _bad_mask(values, result)
+
+
+def _normalised(
+    raw: bytes,
+    normalise: Callable[[str], str],
+    cache: dict[bytes, tuple[str | None, bool]],
+) -> tuple[str | None, bool]:
+    """(normal form or None when invalid, whether it is `raw` unchanged)."""
+    known = cache.get(raw)
+    if known is None:
+        try:
+            text: str | None = normalise(raw.decode("ascii"))
+        except (ValueError, UnicodeDecodeError):
+            text = None
+        known = cache[raw] = (text, text is not None and text.encode() == raw)
+
+    return known
+
+
+def _changed(
+    distinct: pa.Array,
+    normalise: Callable[[str], str],
+    cache: dict[bytes, tuple[str | None, bool]],
+) -> bool:
+    """Whether some distinct value is invalid or not in normal form."""
+    return not all(
+        raw is None or _normalised(raw, normalise, cache)[1]
+        for raw in distinct.to_pylist()
+    )
 
 
 def _convert_addr(values: pa.Array, target: pa.DataType) -> Converted:
@@ -599,6 +620,11 @@ def convert_column(
 
     unset = raw.is_null()
     empty = pc.equal(raw, pa.scalar(markers.empty, pa.binary()))
+    if pc.sum(empty).as_py() == len(raw) - raw.null_count:
+        # Only unset and empty fields (as in most conn.log tunnel_parents).
+        offsets = pa.array(np.zeros(len(raw) + 1, dtype=np.int32))
+        nothing = pa.array([], type=target.value_type)
+        return pa.ListArray.from_arrays(offsets, nothing, mask=unset), None
     values = pc.if_else(empty, null_binary, raw)
     lists = pc.split_pattern(values, pattern=markers.set_separator)
     elements = lists.flatten()
