@@ -94,7 +94,11 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """The mirror of `ConvEncoder`: flat latent back to `(N, L)` in [0, 1]."""
+    """The mirror of `ConvEncoder`: flat latent back to `(N, L)`.
+
+    With `bounded` (bytes scaled to [0, 1]) the output passes a sigmoid;
+    without it (standardised bytes) it is left unbounded.
+    """
 
     def __init__(
         self,
@@ -103,8 +107,10 @@ class ConvDecoder(nn.Module):
         latent_dim: int,
         *,
         latent_channels: int = 0,
+        bounded: bool = True,
     ) -> None:
         super().__init__()
+        self.bounded = bounded
         lengths = conv_lengths(input_dim, len(channels))
         last = lengths[-1]
         top = channels[-1]
@@ -139,13 +145,16 @@ class ConvDecoder(nn.Module):
         self.body = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
-        """Map `(N, latent_dim)` to `(N, L)` in [0, 1]."""
+        """Map `(N, latent_dim)` to `(N, L)`, in [0, 1] when bounded."""
         if self.latent_channels > 0:
             h = self.head(z.view(z.shape[0], self.latent_channels, -1))
         else:
             h = self.head(z).view(z.shape[0], self.top_channels, self.top_length)
+        out = self.body(h).squeeze(1)
+        if self.bounded:
+            out = torch.sigmoid(out)
 
-        return torch.sigmoid(self.body(h)).squeeze(1)
+        return out
 
 
 def mlp(

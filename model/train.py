@@ -134,6 +134,7 @@ class TrainConfig:
     target_fpr: float = 1e-3
     score: str = ""
     restarts: int = 0
+    input_scale: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -144,6 +145,13 @@ class TrainConfig:
             self.score = DEFAULT_SCORE[self.kind]
         if self.restarts == 0:
             self.restarts = DEFAULT_RESTARTS[self.kind]
+        if not self.input_scale:
+            self.input_scale = DEFAULT_INPUT_SCALE[self.kind]
+        if self.input_scale not in INPUT_SCALES:
+            raise ConfigError(
+                f"input_scale={self.input_scale!r} is not an input scale; use "
+                f"one of {INPUT_SCALES}"
+            )
         if self.score not in SCORES:
             raise ConfigError(
                 f"score={self.score!r} is not a score; use one of {SCORES}"
@@ -201,6 +209,11 @@ class TrainConfig:
 
 # Measured per kind; docs/DETECTION.md gives the figures behind the choice.
 DEFAULT_SCORE = {"flow": "flow_nll", "packet": "flow_nll"}
+
+# How features enter the autoencoder: "unit" as they come (packet bytes in
+# [0, 1]), "smoothed" minus the training mean over `sqrt(var + 1/N)`.
+INPUT_SCALES = ("unit", "smoothed")
+DEFAULT_INPUT_SCALE = {"flow": "smoothed", "packet": "unit"}
 
 # Stage 1+2 runs per model; measured on CTU flows only (docs/DETECTION.md),
 # packets keep one run: their training is the slow one and was not measured.
@@ -393,6 +406,7 @@ def build_networks(cfg: TrainConfig) -> tuple[nn.Module, nn.Module, nn.Module]:
             cfg.conv_channels,
             cfg.latent_dim,
             latent_channels=cfg.latent_channels,
+            bounded=cfg.input_scale == "unit",
         )
         disc: nn.Module = ConvDiscriminator(cfg.input_dim, cfg.disc_channels)
     else:
@@ -493,7 +507,7 @@ def _standardizer(x: Tensor, *, identity: bool = False) -> Standardize:
 
 
 def _input_standardizer(x: Tensor) -> Standardize:
-    """Per-feature mean and a smoothed spread for the flow features.
+    """Per-feature mean and a smoothed spread (`input_scale="smoothed"`).
 
     The variance gets `1 / N` added, as if one more record sat one unit
     away. A one-hot value that no training record (or only one) has then
@@ -931,7 +945,7 @@ def train_three_stage(
     ckpt = _Checkpoints(checkpoint_dir, cfg)
     torch.manual_seed(cfg.seed)
 
-    if cfg.kind == "packet":
+    if cfg.input_scale == "unit":
         input_norm = _standardizer(xt, identity=True).to(cfg.device)
     else:
         input_norm = _input_standardizer(xt).to(cfg.device)

@@ -78,7 +78,7 @@ def as_bytes(x: np.ndarray) -> bytes:
 
 TCP_OPTS = b"\x02\x04\x05\xb4\x01\x01\x04\x02"
 PAYLOAD = b"GET / HTTP/1.1\r\nHost: example\r\n\r\n"
-KEEP = PacketFeatureConfig(input_len=200, neutralise=False)
+KEEP = PacketFeatureConfig(input_len=200, neutralise=False, tcp_random="kept")
 
 
 def test_ipv4_tcp_with_options_is_byte_exact() -> None:
@@ -166,6 +166,57 @@ def test_addresses_zeroed_and_neutralised_fields() -> None:
     assert n4[PAYLOAD_START:130] == b"x" * 10
 
 
+# MSS, NOP, NOP, timestamps (TSval, TSecr), SACK with one block, window
+# scale, end of options: 32 bytes, so the TCP header is 52 bytes.
+RANDOM_OPTS = (
+    b"\x02\x04\x05\xb4" + b"\x01\x01\x08\x0a" + b"\xaa" * 8
+    + b"\x05\x0a" + b"\xbb" * 8 + b"\x03\x03\x07" + b"\x00" * 3
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mode", "zeroed"),
+    [
+        ("kept", set()),
+        ("seq_ack", set(range(4, 12))),
+        ("seq_ack_ts", set(range(4, 12)) | set(range(28, 36)) | set(range(38, 46))),
+        (
+            "seq_ack_options",
+            set(range(4, 12))
+            | {22, 23}
+            | set(range(28, 36))
+            | set(range(38, 46))
+            | {48},
+        ),
+    ],
+)
+def test_tcp_random_fields_zeroed_by_mode(mode: str, zeroed: set[int]) -> None:
+    """tcp_random zeroes seq/ack and the chosen option values, never kinds."""
+    seg = tcp(40000, 443, 0x18, RANDOM_OPTS, b"\x16\x03\x01")
+    cfg = PacketFeatureConfig(input_len=128, neutralise=False, tcp_random=mode)
+
+    x, _ = frame_features([ipv4(6, seg)], "LINK_RAW", cfg)
+
+    got = as_bytes(x[0])[60:112]
+    for i in range(52):
+        want = 0 if i in zeroed else seg[i]
+        assert got[i] == want, f"TCP header byte {i} with tcp_random={mode}"
+    assert as_bytes(x[0])[120:123] == b"\x16\x03\x01"
+
+
+def test_tcp_random_leaves_udp_and_stops_at_bad_option() -> None:
+    """UDP is untouched; a zero option length ends the walk without a crash."""
+    dgram = udp(5000, 6000, bytes(range(1, 12)))
+    bad = tcp(1, 2, 0x18, b"\x08\x00" + b"\xcc" * 10, b"x")
+    cfg = PacketFeatureConfig(input_len=128, neutralise=False)
+
+    x, keep = frame_features([ipv4(17, dgram), ipv4(6, bad)], "LINK_RAW", cfg)
+
+    assert keep.tolist() == [True, True]
+    assert as_bytes(x[0])[60:68] == dgram[:8]
+    assert as_bytes(x[1])[80:92] == b"\x08\x00" + b"\xcc" * 10
+
+
 def test_eligibility_drops_control_dns_and_non_ip() -> None:
     """Payload-less TCP control packets, DNS, ARP, ICMP and fragments are dropped."""
     frames = [
@@ -211,6 +262,16 @@ def test_config_round_trip_and_validation() -> None:
         PacketFeatureConfig(input_len=64)
     with pytest.raises(ConfigError, match="kind"):
         PacketFeatureConfig.from_dict({"kind": "flow"})
+    with pytest.raises(ConfigError, match="tcp_random='sequence'"):
+        PacketFeatureConfig(tcp_random="sequence")
+
+
+def test_schema_without_tcp_random_loads_as_kept() -> None:
+    """A feature schema from before tcp_random rebuilds the features it had."""
+    old = PacketFeatureConfig().to_dict()
+    del old["tcp_random"]
+
+    assert PacketFeatureConfig.from_dict(old).tcp_random == "kept"
 
 
 def test_bad_frame_and_link_type_are_clear_errors() -> None:

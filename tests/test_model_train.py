@@ -13,6 +13,7 @@ from model.features.flow import FlowFeatureSchema
 from model.features.packet import PacketFeatureConfig, packet_features
 from model.features.pcap import sample_pcap
 from model.train import (
+    DEFAULT_INPUT_SCALE,
     DEFAULT_RESTARTS,
     DEFAULT_SCORE,
     TrainConfig,
@@ -306,3 +307,30 @@ def test_flow_value_unseen_in_training_lands_far_out(data_dir: Path) -> None:
         len(x) ** 0.5, rel=1e-3
     )
     torch.testing.assert_close(norm.std[varied], spread[varied], rtol=0.01, atol=0)
+
+
+def test_smoothed_packet_scale_trains_and_flags_unseen_bytes(
+    benign_packets: np.ndarray,
+) -> None:
+    """With the smoothed input scale a packet model learns an unbounded
+    reconstruction, and a byte value unseen at its position scores above
+    every training packet."""
+    cfg = small_config(input_scale="smoothed", score="flow_nll")
+    model = train_three_stage(benign_packets[:600], benign_packets[600:800], cfg)
+
+    recon = model.history["ae"]
+    assert recon[-1]["recon"] < recon[0]["recon"]
+    constant = np.flatnonzero(benign_packets[:600].std(axis=0) == 0)
+    assert len(constant)
+    odd = benign_packets[:50].copy()
+    odd[:, constant[0]] = 0.5
+    train_scores = model.score(benign_packets[:600])
+    assert float(np.median(model.score(odd))) > float(train_scores.max())
+
+
+def test_input_scale_defaults_per_kind_and_unknown_is_refused() -> None:
+    """An empty input_scale picks the kind's default; other names are refused."""
+    for kind, scale in DEFAULT_INPUT_SCALE.items():
+        assert TrainConfig(kind=kind, input_dim=16).input_scale == scale
+    with pytest.raises(ConfigError, match="input_scale='log'"):
+        TrainConfig(kind="packet", input_dim=16, input_scale="log")

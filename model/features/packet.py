@@ -20,8 +20,11 @@ payload               120 - ...  transport payload, cut or zero-padded to
 Source and destination addresses are always zeroed; ports are kept. With
 ``neutralise`` the header fields that identify a capture rather than its
 traffic are zeroed too: IPv4 TTL, identification and header checksum, IPv6
-hop limit and flow label, TCP and UDP checksums. Bytes are divided by 255,
-so a sample is float32 in [0, 1].
+hop limit and flow label, TCP and UDP checksums. ``tcp_random`` zeroes the
+TCP fields that each connection draws at random and that therefore say
+nothing about its traffic (see `TCP_RANDOM`): sequence and acknowledgement
+numbers, and the values (not the kind and length bytes) of TCP options.
+Bytes are divided by 255, so a sample is float32 in [0, 1].
 
 Eligibility, the one rule for every source (pcap, raw frames, packet log):
 a packet is eligible when it is IPv4 or IPv6 carrying TCP or UDP, is not a
@@ -104,6 +107,19 @@ _MAX_IPV6_EXT: Final = 4
 # that the model cannot tell apart from noise and detection drops.
 DEFAULT_INPUT_LEN: Final = 128
 
+# What `PacketFeatureConfig.tcp_random` zeroes in a TCP header:
+# "kept" nothing; "seq_ack" the sequence and acknowledgement numbers;
+# "seq_ack_ts" those and the values of the options that carry sequence
+# numbers or clocks (SACK blocks, timestamps); "seq_ack_options" those and
+# every option value, so only the option kinds and lengths are left.
+TCP_RANDOM: Final = ("kept", "seq_ack", "seq_ack_ts", "seq_ack_options")
+DEFAULT_TCP_RANDOM: Final = "seq_ack_ts"
+_TCP_OPT_EOL: Final = 0
+_TCP_OPT_NOP: Final = 1
+_TCP_OPT_SACK: Final = 5
+_TCP_OPT_TIMESTAMP: Final = 8
+_TCP_OPTIONS_MAX: Final = 40
+
 
 @dataclass(frozen=True)
 class PacketFeatureConfig:
@@ -114,16 +130,26 @@ class PacketFeatureConfig:
             `PAYLOAD_START` so that both headers fit.
         neutralise: zero the capture-identifying header fields (TTL or hop
             limit, IPv4 identification, IPv6 flow label, checksums).
+        tcp_random: which per-connection random TCP fields are zeroed, one
+            of `TCP_RANDOM`. Model files from before this field have no
+            key for it and load as "kept", which is what they were
+            trained on.
     """
 
     input_len: int = DEFAULT_INPUT_LEN
     neutralise: bool = True
+    tcp_random: str = DEFAULT_TCP_RANDOM
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_len, int) or self.input_len < PAYLOAD_START:
             raise ConfigError(
                 f"packet input_len={self.input_len!r} is too small: both "
                 f"headers need {PAYLOAD_START} bytes; use at least that"
+            )
+        if self.tcp_random not in TCP_RANDOM:
+            raise ConfigError(
+                f"packet tcp_random={self.tcp_random!r} is not one of "
+                f"{TCP_RANDOM}; use one of those"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -149,7 +175,9 @@ class PacketFeatureConfig:
                 "code builds ('ip60-l4_60-payload'); retrain the model"
             )
         return cls(
-            input_len=int(data["input_len"]), neutralise=bool(data["neutralise"])
+            input_len=int(data["input_len"]),
+            neutralise=bool(data["neutralise"]),
+            tcp_random=str(data.get("tcp_random", "kept")),
         )
 
 
@@ -438,18 +466,76 @@ def _gather_index(
     return np.where(src < end, src, -1)
 
 
+def _tcp_option_values(
+    out: npt.NDArray[np.uint8], tcp: npt.NDArray[np.bool_], mode: str
+) -> npt.NDArray[np.bool_]:
+    """Mask `(N, 40)` of the option value bytes that `mode` zeroes.
+
+    The options are walked in step over the whole batch; a walk stops at
+    end-of-options, at the header's end, or at a length byte below 2 (a
+    malformed option, whose remaining bytes are left as they are).
+    """
+    n = out.shape[0]
+    start = IP_REGION + 20
+    region = out[:, start : start + _TCP_OPTIONS_MAX].astype(np.int64)
+    end = np.where(tcp, (out[:, IP_REGION + 12].astype(np.int64) >> 4) * 4 - 20, 0)
+    end = np.clip(end, 0, _TCP_OPTIONS_MAX)
+    cols = np.arange(_TCP_OPTIONS_MAX)[None, :]
+    mask = np.zeros((n, _TCP_OPTIONS_MAX), dtype=bool)
+    pos = np.zeros(n, dtype=np.int64)
+    live = pos < end
+    rows = np.arange(n)
+    for _ in range(_TCP_OPTIONS_MAX):
+        if not live.any():
+            break
+        kind = region[rows, np.minimum(pos, _TCP_OPTIONS_MAX - 1)]
+        nop = live & (kind == _TCP_OPT_NOP)
+        live &= kind != _TCP_OPT_EOL
+        size = region[rows, np.minimum(pos + 1, _TCP_OPTIONS_MAX - 1)]
+        sized = live & ~nop & (pos + 1 < end) & (size >= 2)
+        if mode == "seq_ack_options":
+            chosen = sized
+        else:
+            chosen = sized & np.isin(kind, (_TCP_OPT_SACK, _TCP_OPT_TIMESTAMP))
+        value_end = np.minimum(pos + size, end)[:, None]
+        mask |= chosen[:, None] & (cols >= pos[:, None] + 2) & (cols < value_end)
+        pos = np.where(nop, pos + 1, np.where(sized, pos + size, end))
+        live &= pos < end
+
+    return mask
+
+
+def _zero_tcp_random(
+    out: npt.NDArray[np.uint8], tcp: npt.NDArray[np.bool_], mode: str
+) -> None:
+    """Zero the per-connection random TCP fields that `mode` names."""
+    if mode == "kept" or not tcp.any():
+        return
+
+    out[np.ix_(tcp, np.arange(IP_REGION + 4, IP_REGION + 12))] = 0
+    if mode == "seq_ack":
+        return
+
+    mask = _tcp_option_values(out, tcp, mode)
+    start = IP_REGION + 20
+    options = out[:, start : start + _TCP_OPTIONS_MAX]
+    options[mask] = 0
+
+
 def _zero_fields(
     out: npt.NDArray[np.uint8],
     p: ParsedFrames,
     rows: npt.NDArray[np.int64],
     *,
     neutralise: bool,
+    tcp_random: str = "kept",
 ) -> None:
-    """Zero addresses (always) and capture-identifying fields (optionally)."""
+    """Zero addresses (always), capture-identifying and random fields."""
     v4 = p.version[rows] == 4
     v6 = ~v4
     out[np.ix_(v4, np.arange(12, 20))] = 0
     out[np.ix_(v6, np.arange(8, 40))] = 0
+    _zero_tcp_random(out, p.proto[rows] == _TCP, tcp_random)
     if not neutralise:
         return
 
@@ -490,7 +576,7 @@ def frame_features(
         src = _gather_index(p, rows, cfg.input_len)
         raw = p.data[rows[:, None], np.maximum(src, 0)]
         raw[src < 0] = 0
-        _zero_fields(raw, p, rows, neutralise=cfg.neutralise)
+        _zero_fields(raw, p, rows, neutralise=cfg.neutralise, tcp_random=cfg.tcp_random)
         x[start : start + rows.size] = raw.astype(np.float32) / np.float32(255.0)
 
     return x, keep
