@@ -69,6 +69,7 @@ from sensor.zeektypes import (
     normalise_addr,
     normalise_subnet,
     split_container,
+    text_micros,
     times_in_range,
     unescape,
     unescape_hex_only,
@@ -1338,12 +1339,17 @@ class LogDecoder:
                 self.stats.blank += 1
                 continue
             try:
-                record = json.loads(line)
+                record = _json_loads(line)
             except (ValueError, RecursionError) as exc:
                 self._skip(first_line + index, f"not JSON: {exc}")
                 continue
             if not isinstance(record, dict):
                 self._skip(first_line + index, "JSON value is not an object")
+                continue
+            try:
+                record = _flatten(record)
+            except RecursionError:
+                self._skip(first_line + index, "JSON objects nested too deep")
                 continue
             records.append(record)
             line_numbers.append(first_line + index)
@@ -1418,6 +1424,25 @@ class LogDecoder:
         return zeek_type
 
 
+def _flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """Nested objects as Zeek's dotted names: `{"id": {"orig_h": ..}}`.
+
+    Zeek writes `id.orig_h` itself; log shippers often nest it. Where a
+    file has both forms of one name, the first one in the record is kept.
+    """
+    if not any(isinstance(value, dict) for value in record.values()):
+        return record
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            for inner_key, inner in _flatten(value).items():
+                flat.setdefault(f"{key}.{inner_key}", inner)
+        else:
+            flat.setdefault(key, value)
+
+    return flat
+
+
 # Field types of the conn_id fields and a few others every log shares,
 # for JSON logs no known schema covers.
 _COMMON_FIELDS: Final = {
@@ -1459,17 +1484,44 @@ def _infer_zeek_type(key: str, present: list[Any]) -> str:
     return "string"
 
 
+class _JsonFloat(float):
+    """A JSON number with a fraction or exponent that keeps its text.
+
+    Times are read from the text, exactly to the microsecond: through a
+    float, `1655071198.4444589` could come out one microsecond off.
+    """
+
+    __slots__ = ("text",)
+    text: str
+
+
+def _json_float(text: str) -> _JsonFloat:
+    number = _JsonFloat(text)
+    number.text = text
+
+    return number
+
+
+def _json_loads(line: bytes) -> Any:
+    return json.loads(line, parse_float=_json_float)
+
+
 def _json_micros(value: Any) -> int:
-    """A JSON time or interval (epoch seconds or ISO 8601) in microseconds."""
+    """A JSON time or interval (epoch seconds or ISO 8601) in microseconds.
+
+    Digits past the sixth decimal are cut, as in TSV logs.
+    """
     if isinstance(value, bool):
         raise ValueError("bool is not a time")
     if isinstance(value, int):
         return value * 1_000_000
+    if isinstance(value, _JsonFloat):
+        return text_micros(value.text)
     if isinstance(value, float):
         return round(value * 1_000_000)
     if isinstance(value, str):
         try:
-            return round(float(value) * 1_000_000)
+            return text_micros(value.strip())
         except ValueError:
             moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
             if moment.tzinfo is None:
@@ -1568,59 +1620,106 @@ class Gunzip:
     """Incremental decompression of a gzip stream, member after member.
 
     Concatenated members (gzip allows them; an appending compressor makes
-    them) read as one stream. At damaged data `feed` still returns all that
-    came before the damage, sets `error`, and ignores whatever follows, so
-    whole lines before a bad spot or a bad trailer are never lost.
+    them) read as one stream. At damaged data the output still holds all
+    that came before the damage, `error` is set, and whatever follows is
+    ignored, so whole lines before a bad spot or a bad trailer are never
+    lost.
+
+    `pieces` hands the output over in pieces of at most `limit` bytes, so
+    memory is set by the limit, not by how far the data expands (a gzip
+    bomb: a few MiB that inflate to many GiB).
 
     Attributes:
         error: why the stream broke, None while it is fine.
         in_member: a member has started and not ended yet; if the stream
             ends now, it was cut short.
+        limit: most bytes in one piece of output.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = READ_CHUNK) -> None:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, not {limit}")
         self._inflate = zlib.decompressobj(wbits=31)
         self.error: str | None = None
         self.in_member = False
+        self.limit = limit
 
     def feed(self, data: bytes) -> bytes:
-        """Decompress the next compressed bytes; b"" once broken."""
-        out: list[bytes] = []
-        while data and self.error is None:
+        """Decompress the next compressed bytes; b"" once broken.
+
+        All the output at once: memory grows with the expansion of `data`.
+        """
+        return b"".join(self.pieces(data))
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        """Decompress the next compressed bytes, `limit` bytes at a time.
+
+        Take each piece before asking for the next: the input not yet
+        decompressed waits inside.
+        """
+        while self.error is None:
+            if not data:
+                # zlib may hold output for input it has already taken.
+                data = b""
+                if self._inflate.eof or not self.in_member:
+                    return
             before = self._inflate.copy()
             try:
-                out.append(self._inflate.decompress(data))
+                out = self._inflate.decompress(data, self.limit)
             except zlib.error as exc:
-                out.append(_inflate_until_damage(before, data))
+                yield from _inflate_until_damage(before, data, self.limit)
                 self.error = f"corrupt gzip data: {exc}"
                 self.in_member = False
-                break
+                return
             self.in_member = not self._inflate.eof
-            if not self._inflate.eof:
-                break
-            data = self._inflate.unused_data
-            self._inflate = zlib.decompressobj(wbits=31)
+            if out:
+                yield out
+            if self._inflate.eof:
+                data = self._inflate.unused_data
+                self._inflate = zlib.decompressobj(wbits=31)
+            elif self._inflate.unconsumed_tail:
+                data = self._inflate.unconsumed_tail
+            elif len(out) < self.limit:
+                # All input taken and no output held back: wait for more.
+                return
+            else:
+                data = b""
 
-        return b"".join(out)
 
-
-def _inflate_until_damage(state: Any, data: bytes) -> bytes:
+def _inflate_until_damage(state: Any, data: bytes, limit: int) -> Iterator[bytes]:
     """What `state` decompresses from the longest prefix of `data` it takes.
 
     zlib gives nothing back from a call that fails, so the damaged spot is
-    found by halving: the output before it is all a prefix yields.
+    found by halving, each try decompressing in pieces of `limit` bytes
+    that are thrown away; then the good prefix is decompressed again and
+    its output handed over, `limit` bytes at a time.
     """
-    good, bad, out = 0, len(data), b""
+    good, bad = 0, len(data)
     while bad - good > 1:
         middle = (good + bad) // 2
-        try:
-            out = state.copy().decompress(data[:middle])
-        except zlib.error:
-            bad = middle
-        else:
+        if _inflates(state.copy(), data[:middle], limit):
             good = middle
+        else:
+            bad = middle
+    state = state.copy()
+    pending = data[:good]
+    while pending:
+        out = state.decompress(pending, limit)
+        if out:
+            yield out
+        pending = state.unconsumed_tail
 
-    return out
+
+def _inflates(state: Any, data: bytes, limit: int) -> bool:
+    """Whether `state` takes `data` without a zlib error."""
+    try:
+        while data:
+            state.decompress(data, limit)
+            data = state.unconsumed_tail
+    except zlib.error:
+        return False
+
+    return True
 
 
 class _GzipStream(io.RawIOBase):
@@ -1635,6 +1734,7 @@ class _GzipStream(io.RawIOBase):
         super().__init__()
         self._raw = raw
         self._gunzip = Gunzip()
+        self._pieces: Iterator[bytes] = iter(())
         self._ready = b""
         self._done = False
         self.error: str | None = None
@@ -1652,16 +1752,21 @@ class _GzipStream(io.RawIOBase):
         return size
 
     def _refill(self) -> None:
+        # One piece of output at a time, so a bomb never lies in memory.
+        self._ready = next(self._pieces, b"")
+        if self._ready:
+            return
+        if self._gunzip.error is not None:
+            self._done = True
+            self.error = self._gunzip.error
+            return
         compressed = self._raw.read(READ_CHUNK)
         if not compressed:
             self._done = True
             if self._gunzip.in_member:
                 self.error = "gzip stream ends early (no trailer)"
             return
-        self._ready = self._gunzip.feed(compressed)
-        if self._gunzip.error is not None:
-            self._done = True
-            self.error = self._gunzip.error
+        self._pieces = self._gunzip.pieces(compressed)
 
     def close(self) -> None:
         self._raw.close()

@@ -40,6 +40,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Final
 
 import numpy as np
@@ -228,6 +229,34 @@ def _parse_micros(raw: bytes) -> int:
         micros = -micros if text.startswith("-") else micros
     if not _INT64_MIN <= micros <= _INT64_MAX:
         # Arrow keeps times as int64 microseconds (about +-292,000 years).
+        raise ValueError(f"{text!r} seconds is out of range")
+
+    return micros
+
+
+def text_micros(text: str) -> int:
+    """Seconds written as decimal text -> microseconds, never via float.
+
+    Digits past the sixth decimal are cut (toward zero), as the TSV path
+    cuts them; an exponent form (`1.5e9`) is read exactly as well.
+
+    Raises:
+        ValueError: not a finite number, or out of int64 microseconds.
+    """
+    match = re.match(_FIXED_POINT, text)
+    if match is not None:
+        micros = abs(int(match.group("i"))) * _MICROS
+        micros += int((match.group("f") or "").ljust(6, "0"))
+        micros = -micros if text.startswith("-") else micros
+    else:
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            raise ValueError(f"not a number: {text!r}") from None
+        if not number.is_finite():
+            raise ValueError(f"not a finite number: {text!r}")
+        micros = int(number.scaleb(6).to_integral_value(rounding=ROUND_DOWN))
+    if not _INT64_MIN <= micros <= _INT64_MAX:
         raise ValueError(f"{text!r} seconds is out of range")
 
     return micros
