@@ -23,12 +23,32 @@ Rules the decoder keeps (cases 01-07, 10, 11 and 15 in `shared/cases`):
   the file's extra fields in file order. A TSV file of such a log that
   lacks one of its `REQUIRED_FIELDS` (e.g. written with renamed id fields)
   is refused with a `LogFormatError` that says which and why.
-- JSON lines: keys are the flat dotted Zeek names; an absent key, `null`
-  and unset are the same. Zeek's JSON writer escapes bytes it will not put
-  in JSON as the text `\\xNN`; the decoder turns those into bytes in every
-  `string` field, the same as in TSV. A literal backslash-x in traffic is
-  therefore ambiguous in JSON logs (Zeek's JSON escaping cannot tell them
-  apart); TSV does not have this problem.
+- JSON lines: keys are the flat dotted Zeek names; objects a log shipper
+  nested (`"id": {"orig_h": ..}`) are flattened to them. An absent key,
+  `null` and unset are the same. Times are read from the number's decimal
+  text, exact to the microsecond (digits past the sixth cut, as in TSV).
+  Zeek's JSON writer escapes bytes it will not put in JSON as the text
+  `\\xNN`; the decoder turns those into bytes in every `string` field, the
+  same as in TSV. A literal backslash-x in traffic is therefore ambiguous in
+  JSON logs (Zeek's JSON escaping cannot tell them apart); TSV does not have
+  this problem.
+- `read_log` decompresses gzip a piece at a time (`Gunzip.pieces`), so a
+  file that inflates a thousandfold costs no more memory than any other.
+  `Gunzip.feed`, which the live tailer calls, still returns all that one
+  chunk of compressed bytes inflates to.
+
+How a TSV batch is decoded, fastest way first: pyarrow's CSV reader splits
+the lines and types the plain fields itself (time and interval as six-place
+decimals, count, int, double, port, bool), the rest (strings, addresses,
+containers) come out as raw binary for the converters in `sensor.zeektypes`.
+A block where a typed field fails to parse is read again with that field
+as binary (one that fails in two blocks stays binary for the rest of its
+header block); a block that holds something only the converters may judge
+(`0x10`, which pyarrow reads as 16; a time past year 9999; a line of the
+wrong width) is read again all binary. Either way a bad value is skipped,
+counted and logged by line number exactly as on the all-binary path. With
+`threads > 1` a batch of more than 2 MiB is split at line ends and the
+pieces parsed on a shared thread pool (pyarrow lets go of the GIL).
 """
 
 from __future__ import annotations
@@ -782,11 +802,11 @@ class LogDecoder:
             header.open = _decode_meta(value)
         elif key == b"fields":
             header.fields = [_decode_meta(v) for v in value.split(header.separator)]
-            header.csv_types = None
+            header.csv_types, header.csv_failures = None, {}
             self.closed = False
         elif key == b"types":
             header.types = [_decode_meta(v) for v in value.split(header.separator)]
-            header.csv_types = None
+            header.csv_types, header.csv_failures = None, {}
 
     # -- pending records --------------------------------------------------
 
