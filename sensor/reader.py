@@ -403,11 +403,8 @@ def _pieces(block: memoryview, threads: int) -> list[memoryview]:
         end = _line_end(view, at)
         if end is None or end + 1 >= len(block):
             break
-        cut = end + 1
-        if cut >= len(block):
-            break
-        pieces.append(block[start:cut])
-        start = cut
+        pieces.append(block[start : end + 1])
+        start = end + 1
     pieces.append(block[start:])
 
     return pieces
