@@ -45,11 +45,10 @@ Records appended to a rotated file after `finish_grace` seconds of silence
 are not read (Zeek never does this; raise `finish_grace` for writers that
 do). A file that had no complete record yet has no key, so it is not named
 in the state; if it is rotated away while the daemon is down, the mtime rule
-above is what brings it back. A gzip file is read 1 MiB of compressed bytes
-at a time and all those expand to is decoded at once, so a file made to
-expand a thousandfold (a gzip bomb) can take gigabytes of memory; only
-someone who can write to the log folder can place one, and bounding it
-would mean counting the read budget in decompressed bytes. The rule about
+above is what brings it back. A gzip file is read 16 KiB of compressed bytes
+at a time and the read budget counts what they expand to, so a file made
+to expand a thousandfold (a gzip bomb) costs at most one poll's budget
+plus ~16 MiB, like any other file. The rule about
 files rotated while the daemon was down compares modification times with
 the wall clock of the last saved scan, so a clock set back by more than
 `MTIME_SLACK_S` can make such a file look like history.
@@ -97,6 +96,8 @@ log = structlog.get_logger(__name__)
 
 GZIP_MAGIC: Final = b"\x1f\x8b"
 READ_CHUNK: Final = 1 << 20
+# Deflate expands at most ~1032:1, so 16 KiB of gzip is at most ~16 MiB.
+GZIP_READ_CHUNK: Final = 16 << 10
 POLL_READ_BUDGET: Final = 16 << 20
 # A header longer than this is not waited for: the key is its first bytes.
 HEAD_LIMIT: Final = 1 << 20
@@ -828,17 +829,22 @@ class LogTailer:
         batches: list[Batch] = []
         used = 0
         while used < budget and not f.closed:
+            # A gzip file is read in small pieces and charged what they
+            # expand to, so a file made to expand a thousandfold still
+            # costs at most the budget plus one piece's expansion.
+            chunk = GZIP_READ_CHUNK if f.is_gzip is not False else READ_CHUNK
             try:
-                data = os.read(f.fd, READ_CHUNK)
+                data = os.read(f.fd, chunk)
             except OSError as exc:
                 self._report_bad(f.path, f, f"read failed: {exc.strerror}")
                 return batches, used
             if not data:
                 break
-            used += len(data)
+            before = f.fed + len(f.head)
             f.raw_pos += len(data)
             f.last_data = time.monotonic()
             batches += self._take(f, data)
+            used += max(len(data), f.fed + len(f.head) - before)
 
         if f.decoder is not None and not f.closed:
             batches += f.decoder.flush()
@@ -865,7 +871,9 @@ class LogTailer:
             return self._feed(f, data)
 
         assert f.gunzip is not None
-        batches = self._feed(f, f.gunzip.feed(data))
+        batches = []
+        for piece in f.gunzip.pieces(data):
+            batches += self._feed(f, piece)
         if f.gunzip.error is not None:
             # Whole lines decoded before the damage are kept; the rest of
             # the file is given up.

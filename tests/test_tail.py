@@ -783,3 +783,37 @@ def test_uncommitted_rest_of_file_renamed_while_down(
         again.poll_for(0.6)
 
     assert again.uids == Counter(uid_of(r) for r in rows[10:41])
+
+
+def test_gzip_that_expands_a_lot_is_read_within_the_poll_budget(
+    tmp_path: Path, lab: tuple[bytes, list[bytes]]
+) -> None:
+    """A gzip expanding ~40 MiB is charged decompressed bytes: many polls, no loss."""
+    import zlib
+
+    from sensor.tail import GZIP_READ_CHUNK, POLL_READ_BUDGET
+
+    header, rows = lab
+    body = b"".join(rows[:200])
+    repeats = (40 << 20) // len(body) + 1
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    packer = zlib.compressobj(level=9, wbits=31)
+    with open(folder / "conn.log.gz", "wb") as out:
+        out.write(packer.compress(header))
+        for _ in range(repeats):
+            out.write(packer.compress(body))
+        out.write(packer.flush())
+    assert (folder / "conn.log.gz").stat().st_size < (4 << 20)
+
+    with tailer(folder, tmp_path / "state.json") as t:
+        f = Follower(t)
+        per_poll = []
+        while sum(f.uids.values()) < 200 * repeats and len(per_poll) < 200:
+            got = t.poll(POLL)
+            per_poll.append(sum(item.batch.records.num_rows for item in got))
+            f._take(got)
+
+    largest = max(per_poll) * (len(body) / 200)
+    assert largest <= POLL_READ_BUDGET + 1100 * GZIP_READ_CHUNK
+    assert f.uids == Counter({uid_of(r): repeats for r in rows[:200]})
