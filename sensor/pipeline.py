@@ -48,8 +48,11 @@ LOG_OF_KIND = {"flow": "conn", "packet": "bflow_packet"}
 # Connections whose packet notice was raised, remembered so their later
 # packets raise nothing more. Only an economy: a forgotten connection's
 # repeat has the same notice id and the notice writer drops it. conn.log
-# needs no memory, as a connection has one record there.
-NOTIFIED_MEMORY = 20_000
+# needs no memory, as a connection has one record there. A connection's
+# sampled packets come within its first seconds, so a few thousand is
+# plenty; each entry costs ~130 bytes, and 20,000 of them filled slowly
+# enough (12 minutes at 27 packet notices/s) to show as RSS growth.
+NOTIFIED_MEMORY = 2048
 
 
 def meta_get(meta: Any, key: str, default: Any = None) -> Any:

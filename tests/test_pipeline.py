@@ -6,7 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from sensor import pipeline
 from sensor.errors import ModelError
+from sensor.notice import NoticeWriter, read_notices
 from sensor.pipeline import Pipeline, load_scorer
 from tests.test_daemon_support import (
     TinyModels,
@@ -62,6 +64,35 @@ def test_packet_notice_once_per_connection_however_batches_fall(
     assert set(by_uid) == set(uids[scores >= scorer.threshold])
     # The packet's transport protocol is read from its frame.
     assert {n.proto for n in split} <= {"tcp", "udp"}
+
+
+def test_forgotten_connections_repeat_only_ids_the_writer_drops(
+    tiny_models: TinyModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A tiny packet memory stays bounded; the log still has one notice a connection."""
+    monkeypatch.setattr(pipeline, "NOTIFIED_MEMORY", 2)
+    scorer = load_scorer("packet", tiny_models.packet)
+    table = sample_table("bflow_packet")
+    expected = Pipeline([scorer]).process(
+        _batches(table, table.num_rows)[0], "bflow_packet"
+    )
+
+    pipe = Pipeline([scorer])
+    raised = 0
+    with NoticeWriter(tmp_path / "bflow_notice.log") as writer:
+        for batch in _batches(table, 7):
+            notices = pipe.process(batch, "bflow_packet").notices
+            raised += len(notices)
+            writer.write_many(notices)
+            assert len(pipe._notified["packet"]) <= 2
+    ids = [
+        r["notice_id"]
+        for r in read_notices(tmp_path / "bflow_notice.log")
+        if r["kind"] == "packet"
+    ]
+
+    assert raised > len(ids), "no connection was forgotten and raised again"
+    assert sorted(ids) == sorted(n.notice_id for n in expected.notices)
 
 
 def test_packet_notice_score_is_max_of_the_connection_in_its_batch(
