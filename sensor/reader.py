@@ -1487,6 +1487,9 @@ def _infer_zeek_type(key: str, present: list[Any]) -> str:
         return "time"
     if all(isinstance(v, list) for v in present):
         elements = [e for v in present for e in v if e is not None]
+        if any(isinstance(e, list | dict) for e in elements):
+            # Zeek logs no container of containers: keep each one's JSON text.
+            return "vector[string]"
         inner = _infer_zeek_type("", elements) if elements else "string"
         return f"vector[{inner}]"
     if all(isinstance(v, str) and _ISO_TIME.match(v) for v in present):

@@ -1,0 +1,43 @@
+"""Adversarial inputs for the reader's fast paths (issue 2).
+
+Each test states a rule that an input once broke: the typed CSV parse, the
+exact converters it falls back to, JSON type inference and the scan before
+the first header must agree with each other whatever the batch size, and
+lose no record without counting it.
+"""
+
+from typing import Any
+
+from structlog.testing import capture_logs
+
+from sensor.reader import LogDecoder, ReadStats
+
+HEADER = b"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n"
+HEADER += b"#unset_field\t-\n#path\tadversarial\n"
+
+
+def decode(data: bytes, **kwargs: Any) -> tuple[list[Any], list[int], ReadStats]:
+    """Records, the line numbers logged as skipped, and the counts."""
+    with capture_logs() as events:
+        decoder = LogDecoder("adversarial.log", **kwargs)
+        batches = decoder.feed(data) + decoder.finish()
+    skipped = [e["line"] for e in events if e["event"] == "record.skipped"]
+    records = [r for b in batches for r in b.records.to_pylist()]
+
+    return records, skipped, decoder.stats
+
+
+def tsv(zeek_type: bytes, values: list[bytes]) -> bytes:
+    """A TSV log of one field of `zeek_type` and a count, one record a value."""
+    types = b"#fields\tv\tn\n#types\t%s\tcount\n" % zeek_type
+    lines = b"".join(b"%s\t%d\n" % (value, n) for n, value in enumerate(values))
+
+    return HEADER + types + lines
+
+
+def test_nested_json_arrays_are_read_as_text() -> None:
+    """A JSON array of arrays is a list of JSON texts, not a crash or split text."""
+    data = b'{"a": [[1], [2, 3]], "n": 1}\n{"a": [[]], "n": 2}\n'
+    records, skipped, stats = decode(data)
+    assert (stats.records, skipped) == (2, [])
+    assert [r["a"] for r in records] == [[b"[1]", b"[2,3]"], [b"[]"]]
