@@ -361,11 +361,25 @@ def _convert_integer(values: pa.Array, target: pa.DataType) -> Converted:
     return _per_value(values, _parse_int(_INT64_MIN, _INT64_MAX), target)
 
 
+def _parse_double(raw: bytes) -> float:
+    """One double as Arrow's cast reads it, else as Python's float does.
+
+    Arrow takes forms Python refuses (`nan(1)`) and the reverse (`1_0`):
+    trying both keeps a value's fate from depending on whether another
+    value of its batch sent the column down this per-value path.
+    """
+    try:
+        value = pa.scalar(raw, pa.binary()).cast(pa.string()).cast(pa.float64())
+        return float(value.as_py())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return float(raw.decode("ascii"))
+
+
 def _convert_double(values: pa.Array, target: pa.DataType) -> Converted:
     try:
         return values.cast(pa.float64()), None
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return _per_value(values, lambda raw: float(raw.decode("ascii")), target)
+        return _per_value(values, _parse_double, target)
 
 
 def _parse_port(raw: bytes) -> int:

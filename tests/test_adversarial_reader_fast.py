@@ -41,3 +41,15 @@ def test_nested_json_arrays_are_read_as_text() -> None:
     records, skipped, stats = decode(data)
     assert (stats.records, skipped) == (2, [])
     assert [r["a"] for r in records] == [[b"[1]", b"[2,3]"], [b"[]"]]
+
+
+def test_a_double_reads_the_same_whatever_its_batch_holds() -> None:
+    """`nan(1)` is kept or refused the same whether or not a batch falls back."""
+    # pyarrow takes `nan(1)` and refuses `1_0`; Python's float the reverse.
+    data = tsv(b"double", [b"1.5", b"nan(1)", b"1_0", b"2.5"])
+    outcomes = [decode(data, batch_size=size) for size in (1, 2, 3, 100)]
+    counts = {(o[2].records, o[2].skipped, tuple(o[1])) for o in outcomes}
+    assert len(counts) == 1, counts
+    assert {repr([r["v"] for r in o[0]]) for o in outcomes} == {
+        repr([1.5, float("nan"), 10.0, 2.5])
+    }
