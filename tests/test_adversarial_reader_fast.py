@@ -53,3 +53,19 @@ def test_a_double_reads_the_same_whatever_its_batch_holds() -> None:
     assert {repr([r["v"] for r in o[0]]) for o in outcomes} == {
         repr([1.5, float("nan"), 10.0, 2.5])
     }
+
+
+def test_every_spelling_of_a_time_is_cut_to_the_microsecond() -> None:
+    """Exponent and signed forms are cut like fixed point, never rounded by float."""
+    values = [b"1655071198.4444589", b"+1655071198.4444589", b"1.6550711984444589e9"]
+    records, skipped, _ = decode(tsv(b"time", values))
+    assert skipped == []
+    assert {r["v"].microsecond for r in records} == {444458}
+
+    spellings = [b"0.0000015", b"1.5e-6", b"15E-7", b"+0.0000015"]
+    records, skipped, _ = decode(tsv(b"interval", spellings))
+    assert skipped == []
+    assert {r["v"].microseconds for r in records} == {1}
+
+    json_records, _, _ = decode(b'{"_path": "conn", "duration": 1.5e-6}\n')
+    assert json_records[0]["duration"].microseconds == 1
