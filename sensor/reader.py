@@ -25,7 +25,8 @@ Rules the decoder keeps (cases 01-07, 10, 11 and 15 in `shared/cases`):
   is refused with a `LogFormatError` that says which and why.
 - JSON lines: keys are the flat dotted Zeek names; objects a log shipper
   nested (`"id": {"orig_h": ..}`) are flattened to them. An absent key,
-  `null` and unset are the same. Times are read from the number's decimal
+  `null` and unset are the same; an object without fields (`{}`) is
+  skipped and counted. Times are read from the number's decimal
   text, exact to the microsecond (digits past the sixth cut, as in TSV).
   Zeek's JSON writer escapes bytes it will not put in JSON as the text
   `\\xNN`; the decoder turns those into bytes in every `string` field, the
@@ -1367,6 +1368,10 @@ class LogDecoder:
                 record = _flatten(record)
             except RecursionError:
                 self._skip(first_line + index, "JSON objects nested too deep")
+                continue
+            if not record:
+                # Alone in a batch it would make no record and no count.
+                self._skip(first_line + index, "JSON object has no fields")
                 continue
             records.append(record)
             line_numbers.append(first_line + index)

@@ -69,3 +69,12 @@ def test_every_spelling_of_a_time_is_cut_to_the_microsecond() -> None:
 
     json_records, _, _ = decode(b'{"_path": "conn", "duration": 1.5e-6}\n')
     assert json_records[0]["duration"].microseconds == 1
+
+
+def test_a_json_object_without_fields_is_skipped_and_counted() -> None:
+    """`{}` is a skipped, counted line whatever batch it falls in, never lost."""
+    data = b'{}\n{"a": {}}\n{"b": 1}\n{}\n'
+    for size in (1, 2, 100):
+        records, skipped, stats = decode(data, batch_size=size)
+        assert (records, skipped) == ([{"b": 1}], [1, 2, 4]), size
+        assert (stats.records, stats.skipped) == (1, 3)
