@@ -614,12 +614,14 @@ class LogDecoder:
             chunk = data[: last + 1]
         rest = data[last + 1 :]
         if self.format is None:
-            # Only blank and comment lines so far: wait for one that tells.
-            self._detect(chunk)
-            if self.format is None:
-                self._tail += chunk
+            # Blank and comment lines are counted as they come, not held:
+            # held, a long run of them was re-scanned with every chunk.
+            start = self._detect(chunk)
+            self._take_preamble(chunk if start is None else chunk[:start])
+            if start is None:
                 self._tail += rest
                 return []
+            chunk = chunk[start:]
         self._tail += rest
 
         return self._take_lines(chunk)
@@ -648,16 +650,6 @@ class LogDecoder:
         A partial last line is dropped, counted as an error and logged with
         file and offset.
         """
-        if self.format is None and self._tail:
-            # Nothing but blank or comment lines (and maybe a fragment).
-            *lines, self._tail[:] = self._tail.split(b"\n")
-            for line in lines:
-                self._line_no += 1
-                self.offset += len(line) + 1
-                if line.strip():
-                    self._skip(self._line_no, "comment line, no Zeek header")
-                else:
-                    self.stats.blank += 1
         batches = self._emit_pending(everything=True)
         if error is not None:
             self.stats.errors += 1
@@ -731,8 +723,28 @@ class LogDecoder:
 
         return batches
 
-    def _detect(self, chunk: bytes) -> None:
-        for line in chunk.split(b"\n"):
+    def _take_preamble(self, lines: bytes) -> None:
+        """Count blank and comment lines seen before the format is known."""
+        for line in lines.split(b"\n")[:-1]:
+            self._line_no += 1
+            self.offset += len(line) + 1
+            if self.offset <= self.skip_until:
+                continue
+            if line.strip():
+                self._skip(self._line_no, "comment line before the Zeek header")
+            else:
+                self.stats.blank += 1
+
+    def _detect(self, chunk: bytes) -> int | None:
+        """Set the format from the first line that tells; return its start.
+
+        None when every line of `chunk` is blank or a comment.
+        """
+        at = 0
+        while at < len(chunk):
+            end = chunk.find(b"\n", at)
+            end = len(chunk) if end < 0 else end
+            line, start, at = chunk[at:end], at, end + 1
             stripped = line.strip()
             if not stripped or (
                 stripped.startswith(b"##") and not self._is_header(stripped)
@@ -756,7 +768,9 @@ class LogDecoder:
                     "(#separator, #fields ...) nor a whole JSON object (Zeek "
                     "writes one per line); give a Zeek TSV or JSON log"
                 )
-            return
+            return start
+
+        return None
 
     def _is_header(self, line: bytes) -> bool:
         key = line[1:].split(b" ", 1)[0].split(b"\t", 1)[0]

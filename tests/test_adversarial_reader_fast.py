@@ -78,3 +78,26 @@ def test_a_json_object_without_fields_is_skipped_and_counted() -> None:
         records, skipped, stats = decode(data, batch_size=size)
         assert (records, skipped) == ([{"b": 1}], [1, 2, 4]), size
         assert (stats.records, stats.skipped) == (1, 3)
+
+
+def test_lines_before_the_first_header_are_not_held() -> None:
+    """Blank and comment lines before the header are counted as they come, not held.
+
+    Held, each chunk re-scanned all of them: a log opening with 16 MiB of
+    blank lines took seconds and hundreds of MiB before its first record.
+    """
+    decoder = LogDecoder("adversarial.log", max_line=4096)
+    for fed in range(1, 9):
+        assert decoder.feed(b"\n" * 65536) == []
+        assert decoder.offset == fed * 65536
+    assert decoder.stats.blank == 8 * 65536
+
+    with capture_logs() as events:
+        decoder.feed(b"## BTest baseline\n\n" + tsv(b"count", [b"1", b"x", b"3"]))
+        batches = decoder.finish()
+    skipped = [e["line"] for e in events if e["event"] == "record.skipped"]
+    first = 8 * 65536 + 1
+    header_lines = tsv(b"count", []).count(b"\n")
+    assert skipped == [first, first + 3 + header_lines]
+    assert [r["v"] for b in batches for r in b.records.to_pylist()] == [1, 3]
+    assert decoder.stats.blank == 8 * 65536 + 1
