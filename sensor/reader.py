@@ -280,6 +280,24 @@ def _json_object(line: bytes) -> bool:
         return False
 
 
+_NOT_BLANK: Final = re.compile(rb"[^ \t\n\r\x0b\x0c]")
+
+
+def _non_blank_lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of each line of `data` from `start` that is not blank.
+
+    A regular expression leaps over runs of blank lines, which a loop over
+    the lines would visit one by one.
+    """
+    while (found := _NOT_BLANK.search(data, start)) is not None:
+        newline = data.rfind(b"\n", start, found.start())
+        line_start = start if newline < 0 else newline + 1
+        end = data.find(b"\n", found.start())
+        end = len(data) if end < 0 else end
+        yield line_start, end
+        start = end + 1
+
+
 def _is_utf8(block: memoryview) -> bool:
     """Whether a block is valid UTF-8.
 
@@ -725,26 +743,27 @@ class LogDecoder:
 
     def _take_preamble(self, lines: bytes) -> None:
         """Count blank and comment lines seen before the format is known."""
-        for line in lines.split(b"\n")[:-1]:
-            self._line_no += 1
-            self.offset += len(line) + 1
-            if self.offset <= self.skip_until:
-                continue
-            if line.strip():
-                self._skip(self._line_no, "comment line before the Zeek header")
-            else:
-                self.stats.blank += 1
+        base_line, base_offset = self._line_no, self.offset
+        self._line_no += lines.count(b"\n")
+        self.offset += len(lines)
+        # Lines that end at or before the resume offset were counted before.
+        first = max(0, self.skip_until - base_offset)
+        kept = lines.count(b"\n", first)
+        line_no, counted_to = base_line + 1, 0
+        for line_start, _ in _non_blank_lines(lines, first):
+            line_no += lines.count(b"\n", counted_to, line_start)
+            counted_to = line_start
+            kept -= 1
+            self._skip(line_no, "comment line before the Zeek header")
+        self.stats.blank += kept
 
     def _detect(self, chunk: bytes) -> int | None:
         """Set the format from the first line that tells; return its start.
 
         None when every line of `chunk` is blank or a comment.
         """
-        at = 0
-        while at < len(chunk):
-            end = chunk.find(b"\n", at)
-            end = len(chunk) if end < 0 else end
-            line, start, at = chunk[at:end], at, end + 1
+        for start, end in _non_blank_lines(chunk, 0):
+            line = chunk[start:end]
             stripped = line.strip()
             if not stripped or (
                 stripped.startswith(b"##") and not self._is_header(stripped)

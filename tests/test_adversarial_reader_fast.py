@@ -93,11 +93,12 @@ def test_lines_before_the_first_header_are_not_held() -> None:
     assert decoder.stats.blank == 8 * 65536
 
     with capture_logs() as events:
-        decoder.feed(b"## BTest baseline\n\n" + tsv(b"count", [b"1", b"x", b"3"]))
+        preamble = b"## BTest baseline\n\n ## a comment\n"
+        decoder.feed(preamble + tsv(b"count", [b"1", b"x", b"3"]))
         batches = decoder.finish()
     skipped = [e["line"] for e in events if e["event"] == "record.skipped"]
     first = 8 * 65536 + 1
     header_lines = tsv(b"count", []).count(b"\n")
-    assert skipped == [first, first + 3 + header_lines]
+    assert skipped == [first, first + 2, first + 4 + header_lines]
     assert [r["v"] for b in batches for r in b.records.to_pylist()] == [1, 3]
     assert decoder.stats.blank == 8 * 65536 + 1
