@@ -26,8 +26,11 @@ Rules the decoder keeps (cases 01-07, 10, 11 and 15 in `shared/cases`):
 - JSON lines: keys are the flat dotted Zeek names; objects a log shipper
   nested (`"id": {"orig_h": ..}`) are flattened to them. An absent key,
   `null` and unset are the same; an object without fields (`{}`) is
-  skipped and counted. Times are read from the number's decimal
-  text, exact to the microsecond (digits past the sixth cut, as in TSV).
+  skipped and counted. A field no known schema names takes its type from
+  the values of the first batch that holds it; a later value that does
+  not fit is unset (counted in `nulled`, warned once per field) and its
+  record kept. Times are read from the number's decimal text, exact to
+  the microsecond (digits past the sixth cut, as in TSV).
   Zeek's JSON writer escapes bytes it will not put in JSON as the text
   `\\xNN`; the decoder turns those into bytes in every `string` field, the
   same as in TSV. A literal backslash-x in traffic is therefore ambiguous in
@@ -223,6 +226,9 @@ class ReadStats:
     blank: int = 0
     errors: int = 0
     batches: int = 0
+    # Values of a JSON field whose type was guessed from earlier values
+    # that did not fit it: the field is null, the record is kept.
+    nulled: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -1430,6 +1436,11 @@ class LogDecoder:
             else:
                 zeek_type = self._json_type(key, raw)
             values, invalid = _json_column(raw, zeek_type)
+            if invalid and _guessed(key, known):
+                # A guess is no reason to lose a record (its other fields
+                # may be a conn record's): this value alone is dropped.
+                self._null_values(key, zeek_type, [line_numbers[i] for i in invalid])
+                invalid = []
             for index in invalid:
                 if not bad[index]:
                     reasons[index] = f"invalid {zeek_type} in {key}"
@@ -1444,6 +1455,17 @@ class LogDecoder:
             batch = batch.filter(pa.array(~bad))
 
         return batch, log_path
+
+    def _null_values(self, key: str, zeek_type: str, lines: list[int]) -> None:
+        self.stats.nulled += len(lines)
+        self._warn_once(
+            f"nulled-{key}",
+            "field.value_nulled",
+            field=key,
+            guessed_type=zeek_type,
+            line=lines[0],
+            action="value set unset, record kept; later ones counted in nulled",
+        )
 
     def _decide_json_path(self, run: bytes) -> None:
         """Take the log path from the file's first record, once per file.
@@ -1496,6 +1518,14 @@ def _flatten(record: dict[str, Any]) -> dict[str, Any]:
             flat.setdefault(key, value)
 
     return flat
+
+
+def _guessed(key: str, known: pa.Schema | None) -> bool:
+    """Whether a JSON field's type is a guess from its values (or its name)."""
+    if known is not None and key in known.names:
+        return False
+
+    return key not in _COMMON_FIELDS
 
 
 # Field types of the conn_id fields and a few others every log shares,

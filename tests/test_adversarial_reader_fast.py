@@ -102,3 +102,26 @@ def test_lines_before_the_first_header_are_not_held() -> None:
     assert skipped == [first, first + 2, first + 4 + header_lines]
     assert [r["v"] for b in batches for r in b.records.to_pylist()] == [1, 3]
     assert decoder.stats.blank == 8 * 65536 + 1
+
+
+def test_an_extra_json_field_changing_type_loses_no_record() -> None:
+    """A value that does not fit an inferred field's type is nulled and counted.
+
+    The type of a field no known schema names is inferred from the first
+    batch that holds it; a later value of another JSON type used to skip
+    its whole record (here two conn records for a site's label field), and
+    only when the batches fell that way.
+    """
+    lines = [b'{"_path": "conn", "uid": "C1", "label": 1}']
+    lines += [b'{"_path": "conn", "uid": "C2", "label": -1}']
+    lines += [b'{"_path": "conn", "uid": "C3", "label": "x"}']
+    data = b"\n".join(lines) + b"\n"
+    for size in (1, 2, 10):
+        records, skipped, stats = decode(data, batch_size=size)
+        assert [r["uid"] for r in records] == ["C1", "C2", "C3"], size
+        assert skipped == [] and stats.records == 3
+        assert stats.nulled == sum(r["label"] is None for r in records)
+    assert stats.nulled == 0
+    records, _, stats = decode(data, batch_size=1)
+    assert [r["label"] for r in records] == [1, None, None]
+    assert stats.nulled == 2
