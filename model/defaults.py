@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--threads", default="1")
+    parser.add_argument(
+        "--only",
+        choices=("flow", "packet"),
+        help="rebuild one of the two models and leave the other file as it is",
+    )
     args = parser.parse_args(argv)
 
     captures = benign_captures(args.data)
@@ -62,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--target-fpr", str(TARGET_FPR), "--seed", str(SEED)]
     common += ["--threads", args.threads]
 
-    code = train_main(
-        ["--kind", "flow", "--out", str(args.out / "flow.pt"), *common, "--input"]
-        + [str(p) for p in conn_logs]
-    )
-    if code:
-        return code
+    if args.only != "packet":
+        code = train_main(
+            ["--kind", "flow", "--out", str(args.out / "flow.pt"), *common, "--input"]
+            + [str(p) for p in conn_logs]
+        )
+        if code or args.only == "flow":
+            return code
 
     return train_main(
         ["--kind", "packet", "--out", str(args.out / "packet.pt"), *common]

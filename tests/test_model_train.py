@@ -14,6 +14,7 @@ from model.features.packet import PacketFeatureConfig, packet_features
 from model.features.pcap import sample_pcap
 from model.train import (
     DEFAULT_INPUT_SCALE,
+    DEFAULT_LATENT_DIM,
     DEFAULT_RESTARTS,
     DEFAULT_SCORE,
     TrainConfig,
@@ -31,7 +32,7 @@ INPUT_LEN = 128
 
 
 def small_config(**changes: object) -> TrainConfig:
-    """Tiny networks so a test trains in seconds."""
+    """Tiny networks and one run of stages 1+2, so a test trains in seconds."""
     base: dict[str, object] = dict(
         kind="packet",
         input_dim=INPUT_LEN,
@@ -46,6 +47,7 @@ def small_config(**changes: object) -> TrainConfig:
         batch_size=128,
         min_steps=60,
         seed=3,
+        restarts=1,
     )
     base.update(changes)
     return TrainConfig(**base)  # type: ignore[arg-type]
@@ -334,3 +336,11 @@ def test_input_scale_defaults_per_kind_and_unknown_is_refused() -> None:
         assert TrainConfig(kind=kind, input_dim=16).input_scale == scale
     with pytest.raises(ConfigError, match="input_scale='log'"):
         TrainConfig(kind="packet", input_dim=16, input_scale="log")
+
+
+def test_latent_size_defaults_per_kind_and_too_small_is_refused() -> None:
+    """latent_dim 0 picks the kind's default; a latent below 2 is refused."""
+    for kind, size in DEFAULT_LATENT_DIM.items():
+        assert TrainConfig(kind=kind, input_dim=16).latent_dim == size
+    with pytest.raises(ConfigError, match="latent_dim=1"):
+        TrainConfig(kind="packet", input_dim=16, latent_dim=1)
