@@ -8,8 +8,10 @@ lose no record without counting it.
 
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
+import sensor.reader
 from sensor.reader import LogDecoder, ReadStats
 
 HEADER = b"#separator \\x09\n#set_separator\t,\n#empty_field\t(empty)\n"
@@ -125,3 +127,72 @@ def test_an_extra_json_field_changing_type_loses_no_record() -> None:
     records, _, stats = decode(data, batch_size=1)
     assert [r["label"] for r in records] == [1, None, None]
     assert stats.nulled == 2
+
+
+GOOD = (b"5", b"1.5", b"1.000001", b"T", b"80", b"s")
+TYPES = (b"count", b"double", b"time", b"bool", b"port", b"string")
+
+
+def log(
+    rows: list[tuple[bytes, ...]], *, sep: bytes = b"\t", unset: bytes = b"-"
+) -> bytes:
+    """A TSV log of the six `TYPES` with its own separator and unset marker."""
+    escaped = b"".join(b"\\x%02x" % byte for byte in sep)
+    head = [b"#separator " + escaped, b"#set_separator" + sep + b","]
+    head += [b"#empty_field" + sep + b"(empty)", b"#unset_field" + sep + unset]
+    head += [b"#path" + sep + b"odd"]
+    head += [sep.join([b"#fields", *(b"f%d" % i for i in range(6))])]
+    head += [sep.join([b"#types", *TYPES])]
+    return b"".join(line + b"\n" for line in head + [sep.join(r) for r in rows])
+
+
+UNSET_ROW = (b"NULL", b"-", b"NULL", b"NULL", b"NULL", b"-")
+ODD_LOGS = {
+    "unset redefined mid-file": log([GOOD, GOOD])
+    + b"#unset_field\tNULL\n"
+    + b"\t".join(UNSET_ROW)
+    + b"\n",
+    "types redefined mid-file": log([GOOD, GOOD])
+    + b"#types\tint\tcount\tinterval\tbool\tcount\tstring\n-5\t2\t-1.5\tF\t7\t-\n",
+    "separator redefined mid-file": log([GOOD])
+    + b"#separator \\x2c\n#fields,a,b\n#types,count,double\n1,2.5\n3,nan\n",
+    "comma separator": log(
+        [GOOD, (b" 5", b" 1.5", b"1.0", b"T", b"80", b"a b")], sep=b","
+    ),
+    "empty unset marker": log([GOOD, (b"",) * 6, GOOD], unset=b""),
+    "unset marker T": log([GOOD, (b"5", b"1", b"1", b"T", b"8", b"T")], unset=b"T"),
+    "x as unset marker": log([GOOD, (b"x",) * 6, (b"0x10", *GOOD[1:])], unset=b"x"),
+    "NUL bytes": log([GOOD, (b"5\x00", *GOOD[1:]), (*GOOD[:5], b"a\x00b"), GOOD]),
+    "quotes": log([GOOD, (b'"5"', *GOOD[1:]), (*GOOD[:5], b'"a'), GOOD]),
+    "bool spellings": log(
+        [GOOD] + [(*GOOD[:3], v, *GOOD[4:]) for v in (b"t", b"true", b"1", b"Y")]
+    ),
+    "ports": log(
+        [GOOD]
+        + [(*GOOD[:4], v, b"s") for v in (b"65536", b"-1", b"80/tcp", b"0x50", b"1e2")]
+    ),
+    "count limits": log(
+        [GOOD]
+        + [
+            (v, *GOOD[1:])
+            for v in (b"18446744073709551615", b"18446744073709551616", b"-0", b"+1")
+        ]
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_LOGS))
+def test_odd_headers_read_the_same_typed_or_exact_at_any_batch_size(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Typed and exact paths agree on odd markers and separators, batch by batch."""
+    data = ODD_LOGS[name]
+    seen = set()
+    for exact in (False, True):
+        if exact:
+            monkeypatch.setattr(sensor.reader, "csv_type", lambda zeek_type: None)
+        for size in (1, 2, 5, 100):
+            records, skipped, stats = decode(data, batch_size=size)
+            counts = stats.as_dict() | {"batches": 0}
+            seen.add(repr((records, skipped, counts)))
+    assert len(seen) == 1, name
