@@ -81,6 +81,8 @@ _MICROS = 1_000_000
 TIME_MIN_US: Final = -62_135_596_800 * _MICROS
 TIME_MAX_US: Final = 253_402_300_800 * _MICROS - 1
 _UINT64_MAX = 2**64 - 1
+# int64 microseconds reach about 9.2e12 seconds: 13 digits before the point.
+_MAX_SECONDS_DIGITS: Final = 13
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 _warned_types: set[str] = set()
@@ -243,6 +245,10 @@ def text_micros(text: str) -> int:
             raise ValueError(f"not a number: {text!r}") from None
         if not number.is_finite():
             raise ValueError(f"not a finite number: {text!r}")
+        if number and number.adjusted() > _MAX_SECONDS_DIGITS:
+            # Before any arithmetic: `1e999999` overflows the decimal
+            # context, and `1e99999` would become a 100,000-digit int.
+            raise ValueError(f"{text!r} seconds is out of range")
         micros = int(number.scaleb(6).to_integral_value(rounding=ROUND_DOWN))
     if not _INT64_MIN <= micros <= _INT64_MAX:
         raise ValueError(f"{text!r} seconds is out of range")

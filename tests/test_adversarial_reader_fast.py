@@ -196,3 +196,14 @@ def test_odd_headers_read_the_same_typed_or_exact_at_any_batch_size(
             counts = stats.as_dict() | {"batches": 0}
             seen.add(repr((records, skipped, counts)))
     assert len(seen) == 1, name
+
+
+@pytest.mark.parametrize("value", [b"1e999999", b"-1e999999", b"1e99999"])
+def test_a_time_with_a_huge_exponent_is_skipped(value: bytes) -> None:
+    """A time like `1e999999` is a skipped line in TSV and JSON, not a crash."""
+    records, skipped, _ = decode(tsv(b"time", [value, b"2"]))
+    assert (len(records), skipped) == (1, [tsv(b"time", []).count(b"\n") + 1])
+
+    line = b'{"_path": "conn", "uid": "C1", "ts": %s, "duration": %s}\n'
+    records, skipped, _ = decode(line % (value, b"1") + line % (b"1", value))
+    assert (records, skipped) == ([], [1, 2])
