@@ -20,7 +20,7 @@ negative log-likelihood of the encoder latent. The default per kind
 are in docs/DETECTION.md: with one noise scale the classifier's score
 swung with the seed (CTU flows AUROC 0.80 +- 0.16 over 5 seeds, lab packets
 0.32-0.73), while the flow likelihood was steadier, and higher on every
-flow data set and on the packets (lab packets: 0.69 against 0.59 over 5
+flow data set and on the packets (lab packets: 0.69 against 0.52 over 5
 seeds, once the per-connection random TCP fields are zeroed by the feature
 schema). `noise_spread` (pseudo-anomalies at scales from 1x to
 `noise_spread`x the measured one) steadies the classifier; it was also
