@@ -12,6 +12,12 @@ for people and tools, and the format version stayed 1. The metadata
 (`ModelMetadata`, JSON) rides in the archive's `_extra_files`, so the two can
 never be separated.
 
+Packet models since `slot_norm` also carry per-slot score constants in the
+metadata: `ScoringModel.score` standardises the module's scores by the
+packet's direction and index within its connection, and the threshold is
+in those units. An older bflow ignores the key and would compare raw
+scores with that threshold, so such a file needs this version to load it.
+
 `load_model` checks everything it can before the first real batch: the file
 is there, is a complete archive, its format version and feature kind and
 feature schema are the expected ones, and a fixed probe batch gives finite
@@ -49,8 +55,9 @@ import numpy as np
 import structlog
 import torch
 
+from model.calibrate import POOLED_SLOT, SlotNorm
 from sensor import __version__ as bflow_version
-from sensor.errors import ModelError
+from sensor.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from model.train import TrainedModel
@@ -87,6 +94,11 @@ class ModelMetadata:
         torch_version: torch that wrote the file.
         score: what the module computes: "classifier" (stage-3 anomaly
             logit) or "flow_nll" (stage-2 negative log-likelihood, nats).
+        slot_norm: packet models: the per-slot mean and sd
+            (`model.calibrate.SlotNorm.to_dict()`) that `ScoringModel.score`
+            standardises the module's scores with; the threshold is in those
+            units. None (files before it, flow models): the module's scores
+            as they are.
     """
 
     kind: str
@@ -102,6 +114,7 @@ class ModelMetadata:
     code_version: str = ""
     torch_version: str = ""
     score: str = "classifier"
+    slot_norm: dict[str, list[float]] | None = None
 
     def to_json(self) -> str:
         """Strict JSON: NaN and infinities become null."""
@@ -378,6 +391,7 @@ class ScoringModel:
         path: the file it was loaded from.
         metadata: its `ModelMetadata`.
         sha256: SHA-256 of the file's bytes.
+        slot_norm: the metadata's per-slot standardisation, or None.
     """
 
     def __init__(
@@ -387,17 +401,27 @@ class ScoringModel:
         self.metadata = metadata
         self.sha256 = sha256
         self._module = module
+        self.slot_norm: SlotNorm | None = None
+        if metadata.slot_norm is not None:
+            self.slot_norm = SlotNorm.from_dict(metadata.slot_norm)
 
     @property
     def threshold(self) -> float:
         """The calibrated threshold from the metadata."""
         return float(self.metadata.threshold)
 
-    def score(self, x: np.ndarray) -> np.ndarray:
+    def score(self, x: np.ndarray, slots: np.ndarray | None = None) -> np.ndarray:
         """Scores `(N,)` float64 of features `(N, D)`; higher = more anomalous.
 
+        Args:
+            x: features `(N, D)`.
+            slots: packet slots `(N,)` (`model.calibrate.packet_slots`) for
+                a model with `slot_norm`; without them every record takes
+                the pooled constants, so scores stay in the threshold's units.
+
         Raises:
-            ModelError: `x` is not 2-D with `D == metadata.input_dim`.
+            ModelError: `x` is not 2-D with `D == metadata.input_dim`, or
+                `slots` is not one per record.
         """
         dim = self.metadata.input_dim
         if x.ndim != 2 or x.shape[1] != dim:
@@ -414,8 +438,17 @@ class ScoringModel:
                 )
                 scores = self._module(torch.from_numpy(chunk))
                 out[start : start + len(chunk)] = scores.numpy()
+        if self.slot_norm is None:
+            return out
+        if slots is None:
+            slots = np.full(len(x), POOLED_SLOT, dtype=np.int64)
+        if len(slots) != len(x):
+            raise ModelError(
+                f"{len(slots)} packet slots given with {len(x)} records to "
+                f"model {self.path}; pass one slot per record"
+            )
 
-        return out
+        return self.slot_norm.apply(out, slots)
 
 
 def schema_differences(
@@ -531,6 +564,16 @@ def load_model(
                 "or restore the model that matches them",
                 None,
             )
+
+    if metadata.slot_norm is not None:
+        try:
+            SlotNorm.from_dict(metadata.slot_norm)
+        except ConfigError as exc:
+            raise facts.error(
+                "its per-slot score constants are unusable",
+                "retrain with `bflow train`",
+                exc,
+            ) from exc
 
     module.eval()
     try:

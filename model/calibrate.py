@@ -12,15 +12,23 @@ above the highest validation score. The validation FPR is then 0, which
 says only that the true FPR is probably below about `3 / n` (the "rule of
 three"), not that it meets `a`. `calibrate_threshold` logs a warning in that
 case; `min_samples_for(a)` gives the `n` needed to resolve `a` at all.
+
+Packet scores can be standardised per slot (`SlotNorm`: direction and
+index of the packet within its connection) before the threshold, with
+constants measured on the same normal validation packets.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import structlog
 
+from sensor.contract import PACKETS_PER_DIRECTION
 from sensor.errors import ConfigError
 
 log = structlog.get_logger(__name__)
@@ -81,3 +89,130 @@ def false_positive_rate(scores: np.ndarray, threshold: float) -> float:
         return math.nan
 
     return float(np.mean(values >= threshold))
+
+
+# Slot `2 * PACKETS_PER_DIRECTION` pools every packet whose slot is unknown
+# (unset `is_orig` / `pkt_index`) or beyond the sampled ones.
+POOLED_SLOT = 2 * PACKETS_PER_DIRECTION
+# A slot with fewer normal validation scores than this uses the pooled
+# constants: a mean and sd of a handful of packets would be noise.
+MIN_SLOT_SCORES = 20
+
+
+def packet_slots(is_orig: Sequence[Any], pkt_index: Sequence[Any]) -> np.ndarray:
+    """Slot `(N,)` int64 of packet-log records: direction times index.
+
+    Originator packets 0, 1, 2 are slots 0-2, responder packets 3-5; a
+    record with an unset direction or index, or an index past
+    `PACKETS_PER_DIRECTION` (a site that samples more), is `POOLED_SLOT`.
+    """
+    if len(is_orig) != len(pkt_index):
+        raise ValueError(
+            f"{len(is_orig)} is_orig values for {len(pkt_index)} pkt_index values"
+        )
+    slots = np.full(len(is_orig), POOLED_SLOT, dtype=np.int64)
+    for i, (orig, index) in enumerate(zip(is_orig, pkt_index, strict=True)):
+        if orig is None or index is None or not 0 <= int(index) < POOLED_SLOT // 2:
+            continue
+        slots[i] = int(index) + (0 if orig else PACKETS_PER_DIRECTION)
+
+    return slots
+
+
+@dataclass
+class SlotNorm:
+    """Per-slot standardisation of packet scores, measured on normal packets.
+
+    The first payload packet of a connection and its later data packets have
+    different typical scores (later ones carry more varied payload), so the
+    raw maximum over a connection's packets is set by its busiest slot, not
+    by how unusual any packet is. `apply` turns a score into how many
+    standard deviations it lies above the normal scores of its own slot.
+    The constants come from normal validation scores only; no anomaly label
+    is involved.
+
+    Attributes:
+        mean: per slot, `POOLED_SLOT + 1` values (the last is all slots).
+        sd: per slot, the same length; never below a small positive floor.
+    """
+
+    mean: list[float]
+    sd: list[float]
+
+    @classmethod
+    def fit(cls, scores: np.ndarray, slots: np.ndarray) -> SlotNorm:
+        """Constants from normal validation `scores` `(n,)` and their `slots`.
+
+        Raises:
+            ConfigError: no finite scores, or scores and slots of other lengths.
+        """
+        values = np.asarray(scores, dtype=np.float64).ravel()
+        where = np.asarray(slots, dtype=np.int64).ravel()
+        if values.shape != where.shape:
+            raise ConfigError(
+                f"{values.size} scores for {where.size} slots; pass one slot per "
+                "validation score"
+            )
+        finite = np.isfinite(values)
+        if not finite.any():
+            raise ConfigError(
+                f"no finite validation scores among {values.size} to measure the "
+                "per-slot score scale from"
+            )
+        values, where = values[finite], where[finite]
+        pooled = (float(values.mean()), max(float(values.std()), 1e-6))
+        mean, sd = [], []
+        for slot in range(POOLED_SLOT):
+            own = values[where == slot]
+            if own.size < MIN_SLOT_SCORES:
+                mean.append(pooled[0])
+                sd.append(pooled[1])
+                continue
+            mean.append(float(own.mean()))
+            sd.append(max(float(own.std()), 1e-6))
+        mean.append(pooled[0])
+        sd.append(pooled[1])
+        log.info("calibrate.slot_norm", n=int(values.size), mean=mean, sd=sd)
+
+        return cls(mean=mean, sd=sd)
+
+    def apply(self, scores: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Standardised scores `(N,)` float64; slots out of range pool."""
+        values = np.asarray(scores, dtype=np.float64).ravel()
+        where = np.asarray(slots, dtype=np.int64).ravel()
+        where = np.where((where >= 0) & (where < len(self.mean)), where, POOLED_SLOT)
+        mean = np.asarray(self.mean, dtype=np.float64)[where]
+        sd = np.asarray(self.sd, dtype=np.float64)[where]
+
+        return (values - mean) / sd
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """Plain JSON form, as stored in a model file's metadata."""
+        return {"mean": list(self.mean), "sd": list(self.sd)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SlotNorm:
+        """Read `to_dict()`'s form back.
+
+        Raises:
+            ConfigError: not two equal-length lists of `POOLED_SLOT + 1`
+                finite numbers with positive sds.
+        """
+        want = POOLED_SLOT + 1
+        try:
+            mean = [float(v) for v in data["mean"]]
+            sd = [float(v) for v in data["sd"]]
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ConfigError(
+                f"slot_norm {data!r} is not {{'mean': [...], 'sd': [...]}} "
+                f"({exc}); re-export the model with bflow train"
+            ) from exc
+        ok = len(mean) == len(sd) == want
+        ok = ok and all(math.isfinite(v) for v in mean + sd) and min(sd) > 0
+        if not ok:
+            raise ConfigError(
+                f"slot_norm {data!r}: expected {want} finite means and {want} "
+                "positive sds; re-export the model with bflow train"
+            )
+
+        return cls(mean=mean, sd=sd)

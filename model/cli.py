@@ -47,6 +47,7 @@ class _Loaded:
     group: np.ndarray  # connection key per record, for splitting
     ts: np.ndarray
     source: np.ndarray  # index into `sources`
+    slot: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sources: list[dict[str, Any]] = field(default_factory=list)
     tables: list[pa.Table] = field(default_factory=list)
     kept: list[np.ndarray] = field(default_factory=list)
@@ -114,7 +115,7 @@ def load_packets(paths: Sequence[Path], schema: dict[str, Any] | None) -> _Loade
     from model.features.packet import PacketFeatureConfig, packet_features
 
     cfg = PacketFeatureConfig.from_dict(schema) if schema else PacketFeatureConfig()
-    xs, groups, ts, src = [], [], [], []
+    xs, groups, ts, src, slots = [], [], [], [], []
     loaded = _Loaded(np.zeros(0), np.zeros(0), np.zeros(0), np.zeros(0))
     for i, path in enumerate(paths):
         table = _packet_records(path)
@@ -127,6 +128,7 @@ def load_packets(paths: Sequence[Path], schema: dict[str, Any] | None) -> _Loade
         groups.append(np.array([f"{i}:{u}" for u in uid], dtype=object))
         ts.append(table.column("ts").to_numpy(zero_copy_only=False)[keep])
         src.append(np.full(len(x), i))
+        slots.append(_slots_of(table)[keep])
         loaded.sources.append(_source(path, table.num_rows, len(x)))
         loaded.tables.append(table)
         loaded.kept.append(keep)
@@ -134,9 +136,24 @@ def load_packets(paths: Sequence[Path], schema: dict[str, Any] | None) -> _Loade
     loaded.group = np.concatenate(groups) if groups else np.zeros(0, object)
     loaded.ts = np.concatenate(ts).astype(np.float64) if ts else np.zeros(0)
     loaded.source = np.concatenate(src) if src else np.zeros(0, int)
+    loaded.slot = np.concatenate(slots) if slots else np.zeros(0, np.int64)
     loaded.schema = cfg.to_dict()
 
     return loaded
+
+
+def _slots_of(table: pa.Table) -> np.ndarray:
+    """Packet slots of every record; a log without the fields pools them."""
+    from model.calibrate import packet_slots
+
+    columns = [
+        table.column(name).to_pylist()
+        if name in table.column_names
+        else [None] * table.num_rows
+        for name in ("is_orig", "pkt_index")
+    ]
+
+    return packet_slots(*columns)
 
 
 def load_flows(
@@ -218,6 +235,8 @@ def _time_range(ts: np.ndarray) -> dict[str, float | None]:
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from model.features.packet import TCP_RANDOM
+
     p = argparse.ArgumentParser(
         prog="bflow train",
         description="Train the three-stage model on normal traffic, calibrate "
@@ -257,6 +276,18 @@ def _train_parser() -> argparse.ArgumentParser:
         "--keep-header-fields",
         action="store_true",
         help="packet: keep TTL, IP ID and checksums (default: neutralised)",
+    )
+    p.add_argument(
+        "--tcp-random",
+        choices=TCP_RANDOM,
+        help="packet: per-connection random TCP fields zeroed (default: the "
+        "feature code's)",
+    )
+    p.add_argument(
+        "--no-slot-norm",
+        action="store_true",
+        help="packet: keep the model's raw scores instead of standardising "
+        "them per packet slot (direction and index) on validation packets",
     )
     p.add_argument(
         "--use-direction",
@@ -349,7 +380,12 @@ def train_main(argv: list[str]) -> int:
     import torch
 
     from model.artifact import ModelMetadata, export_model
-    from model.calibrate import calibrate_threshold, false_positive_rate
+    from model.calibrate import (
+        POOLED_SLOT,
+        SlotNorm,
+        calibrate_threshold,
+        false_positive_rate,
+    )
     from model.report import score_histograms, write_report
     from model.train import TrainConfig, train_three_stage
 
@@ -367,13 +403,14 @@ def train_main(argv: list[str]) -> int:
 
     if args.kind == "packet":
         schema = None
-        if args.input_len or args.keep_header_fields:
+        if args.input_len or args.keep_header_fields or args.tcp_random:
             from model.features.packet import PacketFeatureConfig
 
             default = PacketFeatureConfig()
             schema = PacketFeatureConfig(
                 input_len=args.input_len or default.input_len,
                 neutralise=not args.keep_header_fields,
+                tcp_random=args.tcp_random or default.tcp_random,
             ).to_dict()
         data = load_packets(args.input, schema)
     else:
@@ -405,10 +442,19 @@ def train_main(argv: list[str]) -> int:
     trained = train_three_stage(x_train, x_val, cfg, checkpoint_dir=args.checkpoint_dir)
 
     val_scores = trained.score(x_val)
-    threshold = calibrate_threshold(val_scores, cfg.target_fpr)
     pseudo_scores = trained.score_latents(
         trained.pseudo_anomalies(min(len(x_val), 5000), seed=args.seed)
     )
+    slot_norm = None
+    if args.kind == "packet" and not args.no_slot_norm:
+        # Pseudo-anomalies have no connection: they take the pooled slot.
+        slot_val = data.slot[val_mask]
+        slot_norm = SlotNorm.fit(val_scores, slot_val)
+        val_scores = slot_norm.apply(val_scores, slot_val)
+        pseudo_scores = slot_norm.apply(
+            pseudo_scores, np.full(len(pseudo_scores), POOLED_SLOT)
+        )
+    threshold = calibrate_threshold(val_scores, cfg.target_fpr)
     val_fpr = false_positive_rate(val_scores, threshold)
     seconds = time.monotonic() - started
     metadata = ModelMetadata(
@@ -417,6 +463,7 @@ def train_main(argv: list[str]) -> int:
         threshold=threshold,
         target_fpr=cfg.target_fpr,
         feature_schema=data.schema,
+        slot_norm=slot_norm.to_dict() if slot_norm else None,
         training={
             "config": cfg.to_dict(),
             "history": trained.history,
@@ -600,7 +647,10 @@ def eval_main(argv: list[str]) -> int:
         data = load_packets(args.input, meta.feature_schema)
     else:
         data = load_flows(args.input, meta.feature_schema, use_direction=False)
-    scores = model.score(data.x)
+    if meta.kind == "packet":
+        scores = model.score(data.x, slots=data.slot)
+    else:
+        scores = model.score(data.x)
     label, family, conn = _label_rows(data, meta.kind, args.labels, args.label_field)
 
     normal = label == "benign"

@@ -18,7 +18,7 @@ import bisect
 import csv
 import ipaddress
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -27,6 +27,7 @@ import numpy.typing as npt
 import pyarrow as pa
 import structlog
 
+from model.calibrate import packet_slots
 from model.features.packet import parse_frames
 from model.features.pcap import sample_pcap
 from sensor.errors import ConfigError
@@ -142,7 +143,8 @@ class PacketSet:
 
     `conn` indexes `labels` (-1: no labeled connection); `label` is the
     connection's label text ("benign", "attack", "background", or "" when
-    unmatched).
+    unmatched); `slot` is the packet's `model.calibrate.packet_slots` slot
+    (direction and index within its connection).
     """
 
     frames: list[bytes]
@@ -154,6 +156,7 @@ class PacketSet:
     ttl: npt.NDArray[np.int64]
     wire_len: npt.NDArray[np.int64]
     labels: list[ConnLabel]
+    slot: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def subset(self, mask: npt.NDArray[np.bool_]) -> PacketSet:
         """The packets where `mask` is True."""
@@ -168,6 +171,7 @@ class PacketSet:
             ttl=self.ttl[idx],
             wire_len=self.wire_len[idx],
             labels=self.labels,
+            slot=self.slot[idx] if self.slot.size else self.slot,
         )
 
     def __len__(self) -> int:
@@ -202,6 +206,7 @@ def packet_set(
     conn_col: list[int] = []
     ttl_parts: list[npt.NDArray[np.int64]] = []
     wire: list[int] = []
+    slots: list[npt.NDArray[np.int64]] = []
     for rel in chosen:
         table = sample_pcap(data_dir / rel)
         if table.num_rows == 0:
@@ -228,6 +233,12 @@ def packet_set(
         pcap_col += [rel] * table.num_rows
         ttl_parts.append(_ttl(table))
         wire += table.column("wire_len").to_pylist()
+        slots.append(
+            packet_slots(
+                table.column("is_orig").to_pylist(),
+                table.column("pkt_index").to_pylist(),
+            )
+        )
 
     all_labels = list(index.labels)
     conn = np.array(conn_col, dtype=np.int64)
@@ -244,6 +255,7 @@ def packet_set(
         ttl=np.concatenate(ttl_parts) if ttl_parts else np.zeros(0, np.int64),
         wire_len=np.array(wire, dtype=np.int64),
         labels=all_labels,
+        slot=np.concatenate(slots) if slots else np.zeros(0, np.int64),
     )
 
 

@@ -13,7 +13,10 @@ When a connection's notice is emitted:
 - flow: a conn.log record is a whole connection, so a record at or above the
   threshold raises the notice at once (several records of one uid in a
   batch: the highest score).
-- packet: a connection's sampled packets may arrive in different batches.
+- packet: a model file with per-slot constants (`slot_norm`) gets each
+  record's direction and index (`is_orig`, `pkt_index`) with its features,
+  so its score is in the units its threshold was calibrated in.
+  A connection's sampled packets may arrive in different batches.
   The notice is raised in the batch holding the connection's first packet at
   or above the threshold, with the highest score among that connection's
   packets in the batch; later packets of the same connection raise nothing
@@ -97,7 +100,16 @@ class Scorer:
         keep = np.asarray(keep, dtype=bool)
         if x.shape[0] == 0:
             return keep, np.zeros(0, dtype=np.float64)
-        scores = np.asarray(self.model.score(x), dtype=np.float64).reshape(-1)
+        if getattr(self.model, "slot_norm", None) is not None:
+            from model.calibrate import packet_slots
+
+            # The model's threshold is in per-slot standardised units.
+            kept = batch.filter(pa.array(keep))
+            slots = packet_slots(_column(kept, "is_orig"), _column(kept, "pkt_index"))
+            raw = self.model.score(x, slots=slots)
+        else:
+            raw = self.model.score(x)
+        scores = np.asarray(raw, dtype=np.float64).reshape(-1)
         if scores.shape[0] != x.shape[0]:
             raise ModelError(
                 f"model {str(self.path)!r} returned {scores.shape[0]} scores "

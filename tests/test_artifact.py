@@ -18,6 +18,7 @@ from model.artifact import (
     load_model,
     read_metadata,
 )
+from model.calibrate import POOLED_SLOT, SlotNorm
 from model.train import TrainConfig, TrainedModel, train_three_stage
 from sensor.errors import ModelError
 
@@ -296,3 +297,34 @@ def test_non_finite_metadata_values_are_stored_as_null(
     path = tmp_path / "nan.pt"
     export_model(trained, path, _metadata(validation={"auroc": float("nan")}))
     assert read_metadata(path).validation == {"auroc": None}
+
+
+def test_slot_norm_in_the_metadata_standardises_the_file_scores(
+    trained: TrainedModel, features: np.ndarray, tmp_path: Path
+) -> None:
+    """With per-slot constants the file scores as the eager model's, scaled."""
+    rng = np.random.default_rng(6)
+    slots = rng.integers(0, POOLED_SLOT, size=len(features))
+    norm = SlotNorm.fit(trained.score(features), slots)
+    path = tmp_path / "slots.pt"
+    export_model(trained, path, _metadata(slot_norm=norm.to_dict()))
+    loaded = load_model(path)
+    raw = trained.score(features)
+    np.testing.assert_allclose(
+        loaded.score(features, slots=slots), norm.apply(raw, slots), rtol=1e-5
+    )
+    pooled = norm.apply(raw, np.full(len(features), POOLED_SLOT))
+    np.testing.assert_allclose(loaded.score(features), pooled, rtol=1e-5)
+    with pytest.raises(ModelError, match="one slot per record"):
+        loaded.score(features, slots=slots[:-1])
+
+
+def test_broken_slot_constants_are_refused_at_load(
+    trained: TrainedModel, tmp_path: Path
+) -> None:
+    """A file whose per-slot sds are not positive does not load."""
+    path = tmp_path / "bad-slots.pt"
+    bad = {"mean": [0.0] * (POOLED_SLOT + 1), "sd": [0.0] * (POOLED_SLOT + 1)}
+    export_model(trained, path, _metadata(slot_norm=bad))
+    with pytest.raises(ModelLoadError, match="per-slot score constants"):
+        load_model(path)

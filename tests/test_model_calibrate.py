@@ -1,13 +1,23 @@
-"""Threshold calibration: the requested FPR on the data it was fit on."""
+"""Threshold calibration and per-slot score scales, on normal data only."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.calibrate import calibrate_threshold, false_positive_rate, min_samples_for
+from model.calibrate import (
+    MIN_SLOT_SCORES,
+    POOLED_SLOT,
+    SlotNorm,
+    calibrate_threshold,
+    false_positive_rate,
+    min_samples_for,
+    packet_slots,
+)
+from sensor.contract import PACKETS_PER_DIRECTION
 from sensor.errors import ConfigError
 
 
@@ -59,3 +69,65 @@ def test_target_outside_zero_one_is_refused(target: float) -> None:
     """A target FPR of 0, 1 or below is a ConfigError naming it."""
     with pytest.raises(ConfigError, match=str(target)):
         calibrate_threshold(np.zeros(10), target)
+
+
+def test_slot_norm_gives_every_slot_mean_zero_and_sd_one() -> None:
+    """Each well-filled slot of the normal scores it was fit on reads 0 +- 1."""
+    rng = np.random.default_rng(3)
+    slots = rng.integers(0, POOLED_SLOT, size=3000)
+    scores = rng.normal(10.0 * slots, 1.0 + slots)
+    norm = SlotNorm.fit(scores, slots)
+    out = norm.apply(scores, slots)
+    for slot in range(POOLED_SLOT):
+        own = out[slots == slot]
+        assert abs(own.mean()) < 1e-9 and abs(own.std() - 1.0) < 1e-9
+
+
+def test_sparse_and_unknown_slots_take_the_pooled_constants() -> None:
+    """A slot with too few normal scores, or none known, uses all scores."""
+    rng = np.random.default_rng(4)
+    slots = np.r_[np.zeros(500, np.int64), np.ones(MIN_SLOT_SCORES - 1, np.int64)]
+    scores = rng.normal(0.0, 1.0, slots.size) + 5.0 * slots
+    norm = SlotNorm.fit(scores, slots)
+    pooled = (scores - scores.mean()) / scores.std()
+    probe = np.array([1.0, 2.0, 3.0])
+    expect = (probe - scores.mean()) / scores.std()
+    for slot in (1, POOLED_SLOT, 99, -1):
+        np.testing.assert_allclose(norm.apply(probe, np.full(3, slot)), expect)
+    assert norm.apply(scores, np.full(slots.size, POOLED_SLOT)) == pytest.approx(pooled)
+
+
+def test_slot_norm_round_trips_and_refuses_bad_constants() -> None:
+    """The stored form reads back equal; wrong lengths or sds are refused."""
+    rng = np.random.default_rng(5)
+    slots = rng.integers(0, POOLED_SLOT, size=600)
+    norm = SlotNorm.fit(rng.normal(size=600), slots)
+    assert SlotNorm.from_dict(norm.to_dict()) == norm
+    bad = [
+        {"mean": norm.mean[:-1], "sd": norm.sd[:-1]},
+        {"mean": norm.mean, "sd": [0.0] * len(norm.sd)},
+        {"mean": [math.nan] * len(norm.mean), "sd": norm.sd},
+        {"mean": norm.mean},
+        "not constants",
+    ]
+    for data in bad:
+        with pytest.raises(ConfigError, match="re-export"):
+            SlotNorm.from_dict(data)
+    with pytest.raises(ConfigError, match="no finite"):
+        SlotNorm.fit(np.array([math.nan, math.inf]), np.array([0, 1]))
+
+
+def test_packet_slots_of_real_records_follow_direction_and_index(
+    data_dir: Path,
+) -> None:
+    """Originator packets take slots 0-2, responder 3-5; unset ones pool."""
+    from model.features.pcap import sample_pcap
+
+    table = sample_pcap(data_dir / "lab/benign-2/benign-2.pcap")
+    orig = table.column("is_orig").to_pylist()
+    index = table.column("pkt_index").to_pylist()
+    slots = packet_slots(orig, index)
+    assert set(slots[np.array(orig)]) == set(range(PACKETS_PER_DIRECTION))
+    assert set(slots[~np.array(orig)]) == set(range(PACKETS_PER_DIRECTION, POOLED_SLOT))
+    odd = packet_slots([None, True, False, True], [0, None, 7, 2])
+    assert odd.tolist() == [POOLED_SLOT, POOLED_SLOT, POOLED_SLOT, 2]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -51,7 +52,7 @@ def test_train_then_eval_packet_model(
     pcap = data_dir / "lab/benign-1/benign-1.pcap"
     out = tmp_path / "packet.pt"
     args = ["--kind", "packet", "--input", str(pcap), "--out", str(out)]
-    assert train_main([*args, "--input-len", "128", *TINY]) == 0
+    assert train_main([*args, "--input-len", "128", "--tcp-random", "kept", *TINY]) == 0
     assert out.with_suffix(".png").stat().st_size > 10_000
 
     model = load_model(out, expect_kind="packet")
@@ -59,6 +60,8 @@ def test_train_then_eval_packet_model(
     source = meta.training["sources"][0]
     assert source["sha256"] == hashlib.sha256(pcap.read_bytes()).hexdigest()
     assert meta.feature_schema["input_len"] == 128
+    assert meta.feature_schema["tcp_random"] == "kept"
+    assert meta.slot_norm is not None
     assert meta.validation["fpr_at_threshold"] <= meta.target_fpr
     assert meta.training["records"]["val"] > 0
     assert meta.score == meta.training["config"]["score"] == "flow_nll"
@@ -150,3 +153,31 @@ def test_eval_without_benign_records_says_what_to_add(data_dir: Path) -> None:
     assert proc.returncode == 2
     assert "0 benign" in proc.stderr
     assert "nan" not in proc.stdout
+
+
+def test_daemon_scores_packets_as_the_trained_file_with_their_slots(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The daemon's packet scores are the file's, standardised per slot."""
+    from model.calibrate import packet_slots
+    from model.features.packet import PacketFeatureConfig, packet_features
+    from model.features.pcap import sample_pcap
+    from sensor.pipeline import load_scorer
+
+    pcap = data_dir / "lab/benign-2/benign-2.pcap"
+    out = tmp_path / "packet.pt"
+    args = ["--kind", "packet", "--input", str(pcap), "--out", str(out)]
+    assert train_main([*args, *TINY]) == 0
+    model = load_model(out, expect_kind="packet")
+    assert model.slot_norm is not None
+
+    table = sample_pcap(data_dir / "lab/mixed-3/mixed-3.pcap")
+    batch = table.to_batches(max_chunksize=table.num_rows)[0]
+    keep, scores = load_scorer("packet", out).score(batch)
+    x, kept = packet_features(table, PacketFeatureConfig())
+    slots = packet_slots(
+        table.column("is_orig").to_pylist(), table.column("pkt_index").to_pylist()
+    )[kept]
+    assert (keep == kept).all()
+    np.testing.assert_allclose(scores, model.score(x, slots=slots), rtol=1e-6)
+    assert not np.allclose(scores, model.score(x), rtol=1e-3)
