@@ -8,15 +8,16 @@ metadata's `score` says), as one scripted module taking float32 `(N, D)`
 features and returning float32 scores `(N,)`, higher = more anomalous.
 Files written before `score` existed lack the key and are classifier
 models; since the module computes its own score, the key is information
-for people and tools, and the format version stayed 1. The metadata
+for people and tools, and the format version stayed 1 for it. The metadata
 (`ModelMetadata`, JSON) rides in the archive's `_extra_files`, so the two can
 never be separated.
 
 Packet models since `slot_norm` also carry per-slot score constants in the
 metadata: `ScoringModel.score` standardises the module's scores by the
 packet's direction and index within its connection, and the threshold is
-in those units. An older bflow ignores the key and would compare raw
-scores with that threshold, so such a file needs this version to load it.
+in those units. Such a file is written as format version 2, which an
+older bflow refuses (it would have ignored the key and compared raw
+scores with that threshold); files without the key stay version 1.
 
 `load_model` checks everything it can before the first real batch: the file
 is there, is a complete archive, its format version and feature kind and
@@ -64,7 +65,11 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-FORMAT_VERSION = 1
+# Version 2 adds `slot_norm`; a file without it is still written as 1, so
+# that a bflow from before it, which would ignore the key, loads only files
+# whose scores it computes right.
+FORMAT_VERSION = 2
+_PLAIN_FORMAT = 1
 METADATA_NAME = "bflow_metadata.json"
 
 # Rows in the probe batch run by `load_model`.
@@ -221,7 +226,9 @@ def export_model(trained: TrainedModel, path: Path, metadata: ModelMetadata) -> 
     stamp = created.replace("-", "").replace(":", "")[:15]
     metadata = replace(
         metadata,
-        format_version=FORMAT_VERSION,
+        format_version=(
+            FORMAT_VERSION if metadata.slot_norm is not None else _PLAIN_FORMAT
+        ),
         created=created,
         model_version=metadata.model_version or f"{digest}-{stamp}",
         code_version=metadata.code_version or _code_version(),

@@ -133,7 +133,7 @@ def test_metadata_without_a_score_reads_as_a_classifier_model(
     )
     loaded = load_model(old)
     assert loaded.metadata.score == "classifier"
-    assert loaded.metadata.format_version == artifact.FORMAT_VERSION == 1
+    assert loaded.metadata.format_version == 1
     np.testing.assert_allclose(
         loaded.score(features), trained.score_classifier(features), atol=1e-5
     )
@@ -144,7 +144,7 @@ def test_metadata_round_trips_and_is_filled_in(model_file: Path) -> None:
     meta = load_model(model_file).metadata
     assert meta == read_metadata(model_file)
     assert meta.threshold == 1.25 and meta.feature_schema == SCHEMA
-    assert meta.format_version == artifact.FORMAT_VERSION
+    assert meta.format_version == 1
     assert meta.torch_version == torch.__version__
     assert meta.code_version.startswith("bflow ")
     assert meta.model_version and meta.created
@@ -221,10 +221,11 @@ def test_newer_format_version_is_refused(
 ) -> None:
     """A file written in a later format version is refused by this reader."""
     path = tmp_path / "future.pt"
-    monkeypatch.setattr(artifact, "FORMAT_VERSION", 2)
-    export_model(trained, path, _metadata())
+    slots = {"mean": [0.0] * (POOLED_SLOT + 1), "sd": [1.0] * (POOLED_SLOT + 1)}
+    monkeypatch.setattr(artifact, "FORMAT_VERSION", 3)
+    export_model(trained, path, _metadata(slot_norm=slots))
     monkeypatch.undo()
-    with pytest.raises(ModelError, match="format version 2 is newer"):
+    with pytest.raises(ModelError, match="format version 3 is newer"):
         load_model(path)
 
 
@@ -309,6 +310,7 @@ def test_slot_norm_in_the_metadata_standardises_the_file_scores(
     path = tmp_path / "slots.pt"
     export_model(trained, path, _metadata(slot_norm=norm.to_dict()))
     loaded = load_model(path)
+    assert loaded.metadata.format_version == 2
     raw = trained.score(features)
     np.testing.assert_allclose(
         loaded.score(features, slots=slots), norm.apply(raw, slots), rtol=1e-5
