@@ -4,7 +4,8 @@ One retraining, top to bottom:
 
 1. pick clean records from the log archive over a window (`model.baseline`);
 2. fit the feature schema and train the three stages on the older part;
-3. calibrate the threshold on a validation split of that part;
+3. calibrate the threshold on a validation split of that part (packet
+   scores standardised per slot first, as `bflow train` does);
 4. score the newest slice (held out from training) and the records that
    raised notices with the candidate and with the model in service;
 5. run the gates; write the gate report (JSON) and training report (PNG);
@@ -50,6 +51,7 @@ import pyarrow as pa
 import structlog
 
 from model import baseline as bl
+from model.calibrate import POOLED_SLOT, SlotNorm, calibrate_threshold, packet_slots
 from model.promote import (
     History,
     HistoryEntry,
@@ -408,15 +410,88 @@ class Features:
 
     def transform(self, table: pa.Table) -> np.ndarray:
         """`(K, D)` float32 features; packet records not eligible are dropped."""
+        return self.featurise(table)[0]
+
+    def featurise(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
+        """Features `(K, D)` and, for packets, the slot `(K,)` of each one.
+
+        The slots (`model.calibrate.packet_slots`) are those of the packet
+        records that became features; flow features have none (None).
+        """
         if table.num_rows == 0:
-            return np.zeros((0, 0), dtype=np.float32)
+            empty = np.zeros(0, dtype=np.int64) if self.kind == "packet" else None
+            return np.zeros((0, 0), dtype=np.float32), empty
         if self.kind == "flow":
-            return np.asarray(self.schema.transform(table), dtype=np.float32)
+            x = np.asarray(self.schema.transform(table), dtype=np.float32)
+            return x, None
         from model.features.packet import packet_features
 
-        x, _ = packet_features(table, self.schema)
+        x, keep = packet_features(table, self.schema)
 
-        return np.asarray(x, dtype=np.float32)
+        return np.asarray(x, dtype=np.float32), _packet_slots(table)[keep]
+
+
+def _packet_slots(table: pa.Table) -> np.ndarray:
+    """Slots of packet-log records; a log without the fields pools them."""
+    columns = [
+        table.column(name).to_pylist()
+        if name in table.column_names
+        else [None] * table.num_rows
+        for name in ("is_orig", "pkt_index")
+    ]
+
+    return packet_slots(*columns)
+
+
+@dataclass
+class Calibration:
+    """A candidate's threshold and the validation scores it was set on.
+
+    For a packet model the scores are standardised per slot (`SlotNorm`,
+    measured on the same normal validation packets) as `bflow train` does,
+    so `threshold`, the metadata and every gate use one scale; a flow
+    model's scores are the raw ones and `slot_norm` is None.
+    """
+
+    threshold: float
+    val_scores: np.ndarray
+    pseudo_scores: np.ndarray
+    slot_norm: SlotNorm | None = None
+
+    def scale(self, scores: np.ndarray, slots: np.ndarray | None) -> np.ndarray:
+        """Raw eager scores in the threshold's units (slots None: pooled)."""
+        if self.slot_norm is None:
+            return np.asarray(scores, dtype=np.float64)
+        if slots is None:
+            slots = np.full(len(scores), POOLED_SLOT, dtype=np.int64)
+
+        return self.slot_norm.apply(scores, slots)
+
+
+def calibrate_candidate(
+    trained: Any,
+    x_val: np.ndarray,
+    slot_val: np.ndarray | None,
+    target: float,
+    seed: int,
+) -> Calibration:
+    """Threshold of a trained candidate from its normal validation records.
+
+    `slot_val` (packets) turns on the per-slot standardisation; pseudo-
+    anomalies have no connection and take the pooled slot.
+    """
+    val_scores = trained.score(x_val)
+    pseudo = trained.score_latents(
+        trained.pseudo_anomalies(min(len(x_val), 5000), seed=seed)
+    )
+    slot_norm = None
+    if slot_val is not None:
+        slot_norm = SlotNorm.fit(val_scores, slot_val)
+        val_scores = slot_norm.apply(val_scores, slot_val)
+        pseudo = slot_norm.apply(pseudo, np.full(len(pseudo), POOLED_SLOT))
+    threshold = calibrate_threshold(val_scores, target)
+
+    return Calibration(threshold, val_scores, pseudo, slot_norm)
 
 
 # --- one retraining ------------------------------------------------------------
@@ -527,38 +602,30 @@ def _retrain(opts: Options) -> Outcome:
     settings = current.metadata.feature_schema if current else None
     features = Features.fit(kind, train_table, settings)
     x_train = features.transform(train_table)
-    x_val = features.transform(val_table)
-    x_hold = features.transform(sel.holdout)
-    x_bad = features.transform(known_bad)
+    x_val, slot_val = features.featurise(val_table)
+    hold = features.featurise(sel.holdout)
+    bad = features.featurise(known_bad)
 
     cfg = _train_config(kind, x_train.shape[1], target, current, opts)
-    from model.calibrate import calibrate_threshold
     from model.train import train_three_stage
 
     trained = train_three_stage(x_train, x_val, cfg)
-    threshold = calibrate_threshold(trained.score(x_val), target)
+    cal = calibrate_candidate(trained, x_val, slot_val, target, opts.seed)
 
     staging = Path(tempfile.mkdtemp(prefix=".retrain-", dir=opts.model.parent))
     try:
         candidate_path = staging / opts.model.name
         meta = _export(
-            trained,
-            candidate_path,
-            features,
-            threshold,
-            target,
-            sel,
-            x_train,
-            x_val,
-            opts.seed,
+            trained, candidate_path, features, cal, target, sel, len(x_train)
         )
         gates, scores = _run_gates(
             trained,
+            cal,
             candidate_path,
             meta,
             current,
-            x_hold,
-            x_bad,
+            hold,
+            bad,
             sel.holdout,
             known_bad,
             opts,
@@ -660,22 +727,17 @@ def _export(
     trained: Any,
     path: Path,
     features: Features,
-    threshold: float,
+    cal: Calibration,
     target: float,
     sel: bl.Selection,
-    x_train: np.ndarray,
-    x_val: np.ndarray,
-    seed: int,
+    n_train: int,
 ) -> Any:
     """Export the candidate with metadata shaped like `bflow train` writes."""
     from model.artifact import ModelMetadata, export_model, read_metadata
     from model.calibrate import false_positive_rate
     from model.report import score_histograms
 
-    val_scores = trained.score(x_val)
-    pseudo = trained.score_latents(
-        trained.pseudo_anomalies(min(len(x_val), 5000), seed=seed)
-    )
+    val_scores, pseudo, threshold = cal.val_scores, cal.pseudo_scores, cal.threshold
     first, last = sel.time_range
     meta = ModelMetadata(
         kind=features.kind,
@@ -683,11 +745,12 @@ def _export(
         threshold=float(threshold),
         target_fpr=target,
         feature_schema=features.to_dict(),
+        slot_norm=cal.slot_norm.to_dict() if cal.slot_norm else None,
         training={
             "config": trained.cfg.to_dict(),
             "history": trained.history,
             "noise_std": trained.noise_std,
-            "records": {"train": int(len(x_train)), "val": int(len(x_val))},
+            "records": {"train": int(n_train), "val": int(len(val_scores))},
             "time_range": {"first": first, "last": last},
             "sources": sel.files,
             "selection": {"window": list(sel.window), "counts": sel.counts},
@@ -709,27 +772,36 @@ def _export(
 
 def _run_gates(
     trained: Any,
+    cal: Calibration,
     candidate_path: Path,
     meta: Any,
     current: Any,
-    x_hold: np.ndarray,
-    x_bad: np.ndarray,
+    hold: tuple[np.ndarray, np.ndarray | None],
+    bad: tuple[np.ndarray, np.ndarray | None],
     holdout: pa.Table,
     known_bad: pa.Table,
     opts: Options,
 ) -> tuple[list[Gate], dict[str, np.ndarray]]:
-    """Score the slices with both models and judge the candidate."""
+    """Score the slices with both models and judge the candidate.
+
+    Packet slices are scored with their slots: the candidate's scores are
+    then on its standardised scale; a model in service without `slot_norm`
+    ignores the slots and keeps its raw scale, matching its own threshold.
+    """
     from model.artifact import load_model
 
     limits = opts.limits
     candidate = load_model(candidate_path, expect_kind=meta.kind)
+    (x_hold, slot_hold), (x_bad, slot_bad) = hold, bad
     scores: dict[str, np.ndarray] = {
-        "holdout": _score(candidate, x_hold),
-        "known_bad": _score(candidate, x_bad),
+        "holdout": _score(candidate, x_hold, slot_hold),
+        "known_bad": _score(candidate, x_bad, slot_bad),
     }
     pseudo_z = trained.pseudo_anomalies(limits.pseudo_samples, seed=opts.seed)
-    scores["pseudo"] = trained.score_latents(pseudo_z)
-    scores["holdout_eager"] = trained.score(x_hold) if len(x_hold) else np.zeros(0)
+    scores["pseudo"] = cal.scale(trained.score_latents(pseudo_z), None)
+    scores["holdout_eager"] = (
+        cal.scale(trained.score(x_hold), slot_hold) if len(x_hold) else np.zeros(0)
+    )
 
     gates = [
         gate_holdout_fpr(scores["holdout"], meta.threshold, meta.target_fpr, limits),
@@ -748,8 +820,8 @@ def _run_gates(
             old = Features.of_model(
                 current.metadata.kind, current.metadata.feature_schema
             )
-            cur_hold = _score(current, old.transform(holdout))
-            cur_bad = _score(current, old.transform(known_bad))
+            cur_hold = _score(current, *old.featurise(holdout))
+            cur_bad = _score(current, *old.featurise(known_bad))
             cur_threshold = current.threshold
             scores["current_holdout"] = cur_hold
             scores["current_known_bad"] = cur_bad
@@ -779,11 +851,12 @@ def _run_gates(
     return gates, scores
 
 
-def _score(model: Any, x: np.ndarray) -> np.ndarray:
+def _score(model: Any, x: np.ndarray, slots: np.ndarray | None) -> np.ndarray:
+    """A loaded model's scores, in the units of its own threshold."""
     if len(x) == 0:
         return np.zeros(0, dtype=np.float64)
 
-    return np.asarray(model.score(x), dtype=np.float64)
+    return np.asarray(model.score(x, slots=slots), dtype=np.float64)
 
 
 def _report(

@@ -229,6 +229,8 @@ def test_first_retraining_promotes_a_model_from_the_archive(
     model = load_model(live, expect_kind="flow")
     assert model.metadata.model_version == report["version"]
     assert model.metadata.target_fpr == 0.01
+    # Flow scores are not standardised per packet slot.
+    assert model.metadata.slot_norm is None
 
     # Every connection of the noticed host and the one noticed uid are out;
     # mixed-2 (2026-11-29) lies outside the 7-day window and is not read.
