@@ -385,6 +385,7 @@ def train_main(argv: list[str]) -> int:
         SlotNorm,
         calibrate_threshold,
         false_positive_rate,
+        min_samples_for,
     )
     from model.report import score_histograms, write_report
     from model.train import TrainConfig, train_three_stage
@@ -503,6 +504,15 @@ def train_main(argv: list[str]) -> int:
         f"thresh  {threshold:.6g} (target FPR {cfg.target_fpr:g}, "
         f"validation FPR {val_fpr:.4g})"
     )
+    needed = min_samples_for(cfg.target_fpr)
+    if len(val_scores) < needed:
+        print(
+            f"warning: {len(val_scores)} validation records cannot resolve a "
+            f"false-positive rate of {cfg.target_fpr:g} (need {needed}); the "
+            "threshold is the highest validation score, so expect more "
+            "notices than the target: train on more normal traffic, or raise "
+            "--target-fpr"
+        )
     print(f"time    {seconds:.1f} s")
 
     return 0

@@ -206,6 +206,13 @@ def main(argv: list[str]) -> int:
                     print(json.dumps(clean, ensure_ascii=False, allow_nan=False))
             else:
                 _print_table(path, batches, args.limit, sys.stdout)
+        except FileNotFoundError:
+            print(
+                f"error: {path!r}: no such file; give the path of a Zeek log "
+                "or of a folder of them",
+                file=sys.stderr,
+            )
+            failed = True
         except (LogFormatError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             failed = True

@@ -85,3 +85,33 @@ def test_train_set_value_of_the_wrong_type_is_refused_up_front(
     err = capsys.readouterr().err
     assert "--set 'latent_dim=abc': 'abc' is not of type int" in err
     assert "no such file" not in err
+
+
+def test_train_says_when_validation_is_too_small_for_the_target(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A validation set below 1/target FPR records gets a warning in the summary."""
+    conn = data_dir / "lab" / "benign-1" / "zeek" / "conn.log"
+    quick = ["--epochs-ae", "1", "--epochs-flow", "1", "--epochs-clf", "1"]
+    small = ["--set", "min_steps=5", "--set", "restarts=1", "--threads", "1"]
+
+    code = bflow(
+        ["train", "--kind", "flow", "--input", str(conn), "--out"]
+        + [str(tmp_path / "m.pt"), *quick, *small]
+    )
+
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "validation records cannot resolve a false-positive rate of 0.001" in out
+    assert "(need 1000)" in out
+
+
+def test_read_of_a_missing_file_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bflow read` on a path that does not exist names it and exits 1."""
+    missing = str(tmp_path / "nosuch.log")
+
+    assert bflow(["read", missing]) == 1
+
+    assert f"error: {missing!r}: no such file" in capsys.readouterr().err
