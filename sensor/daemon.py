@@ -44,10 +44,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import structlog
 
@@ -109,6 +109,20 @@ class Ledger:
     def close(self) -> None:
         """Close the file."""
         os.close(self._fd)
+
+
+_ABSENT_HINT: Final = {
+    "conn": "Zeek writes conn.log once it sees traffic; check log_dir",
+    "bflow_packet": (
+        "packet scoring stays idle until Zeek writes it: load the scripts "
+        "in zeek_scripts/ (zkg install), or unset packet_model"
+    ),
+}
+
+
+def absent_logs(log_dir: Path, logs: Iterable[str]) -> list[str]:
+    """The logs to score that `log_dir` does not hold yet (plain or gzip)."""
+    return [name for name in logs if not any(log_dir.glob(f"{name}.*"))]
 
 
 class Daemon:
@@ -284,6 +298,13 @@ class Daemon:
             logs=list(self.pipeline.logs),
             watchdog_s=self.notifier.watchdog_interval,
         )
+        for missing in absent_logs(config.log_dir, self.pipeline.logs):
+            log.warning(
+                "log.absent",
+                log=missing,
+                log_dir=str(config.log_dir),
+                hint=_ABSENT_HINT.get(missing, ""),
+            )
 
         while self._stop_reason is None:
             now = time.monotonic()
@@ -536,6 +557,9 @@ def main(argv: list[str]) -> int:
             f"config OK: logs from {config.log_dir}, notices to "
             f"{config.notice_log}, models {kinds}"
         )
+        for missing in absent_logs(config.log_dir, daemon.pipeline.logs):
+            hint = _ABSENT_HINT.get(missing, "")
+            print(f"note: no {missing}.log in {config.log_dir} yet: {hint}")
         return 0
 
     return daemon.run()

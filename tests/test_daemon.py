@@ -343,7 +343,7 @@ def test_full_notice_disk_advances_no_offset_then_recovers(
 def test_check_config_loads_the_models_and_says_ok(
     tmp_path: Path, tiny_models: TinyModels
 ) -> None:
-    """`--check-config` loads both models, exits 0 and creates no directory."""
+    """`--check-config` loads both models, notes absent logs, creates no directory."""
     (tmp_path / "logs").mkdir()
 
     proc = subprocess.run(
@@ -367,6 +367,8 @@ def test_check_config_loads_the_models_and_says_ok(
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("config OK")
     assert "'flow'" in proc.stdout and "'packet'" in proc.stdout
+    assert "note: no bflow_packet.log in" in proc.stdout
+    assert "zeek_scripts/" in proc.stdout
     assert not (tmp_path / "state").exists()
     assert not (tmp_path / "notices").exists()
 
