@@ -119,6 +119,21 @@ def packet_slots(is_orig: Sequence[Any], pkt_index: Sequence[Any]) -> np.ndarray
     return slots
 
 
+def record_slots(records: Any) -> np.ndarray:
+    """`packet_slots` of a pyarrow table of packet records.
+
+    A log without the `is_orig` or `pkt_index` field pools its records.
+    """
+    columns = [
+        records.column(name).to_pylist()
+        if name in records.column_names
+        else [None] * records.num_rows
+        for name in ("is_orig", "pkt_index")
+    ]
+
+    return packet_slots(*columns)
+
+
 @dataclass
 class SlotNorm:
     """Per-slot standardisation of packet scores, measured on normal packets.

@@ -112,6 +112,7 @@ def _packet_records(path: Path) -> pa.Table:
 
 def load_packets(paths: Sequence[Path], schema: dict[str, Any] | None) -> _Loaded:
     """Sample and featurise packet inputs; `schema` fixes the feature config."""
+    from model.calibrate import record_slots
     from model.features.packet import PacketFeatureConfig, packet_features
 
     cfg = PacketFeatureConfig.from_dict(schema) if schema else PacketFeatureConfig()
@@ -128,7 +129,7 @@ def load_packets(paths: Sequence[Path], schema: dict[str, Any] | None) -> _Loade
         groups.append(np.array([f"{i}:{u}" for u in uid], dtype=object))
         ts.append(table.column("ts").to_numpy(zero_copy_only=False)[keep])
         src.append(np.full(len(x), i))
-        slots.append(_slots_of(table)[keep])
+        slots.append(record_slots(table)[keep])
         loaded.sources.append(_source(path, table.num_rows, len(x)))
         loaded.tables.append(table)
         loaded.kept.append(keep)
@@ -140,20 +141,6 @@ def load_packets(paths: Sequence[Path], schema: dict[str, Any] | None) -> _Loade
     loaded.schema = cfg.to_dict()
 
     return loaded
-
-
-def _slots_of(table: pa.Table) -> np.ndarray:
-    """Packet slots of every record; a log without the fields pools them."""
-    from model.calibrate import packet_slots
-
-    columns = [
-        table.column(name).to_pylist()
-        if name in table.column_names
-        else [None] * table.num_rows
-        for name in ("is_orig", "pkt_index")
-    ]
-
-    return packet_slots(*columns)
 
 
 def load_flows(

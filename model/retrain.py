@@ -51,7 +51,7 @@ import pyarrow as pa
 import structlog
 
 from model import baseline as bl
-from model.calibrate import POOLED_SLOT, SlotNorm, calibrate_threshold, packet_slots
+from model.calibrate import POOLED_SLOT, SlotNorm, calibrate_threshold, record_slots
 from model.promote import (
     History,
     HistoryEntry,
@@ -428,19 +428,7 @@ class Features:
 
         x, keep = packet_features(table, self.schema)
 
-        return np.asarray(x, dtype=np.float32), _packet_slots(table)[keep]
-
-
-def _packet_slots(table: pa.Table) -> np.ndarray:
-    """Slots of packet-log records; a log without the fields pools them."""
-    columns = [
-        table.column(name).to_pylist()
-        if name in table.column_names
-        else [None] * table.num_rows
-        for name in ("is_orig", "pkt_index")
-    ]
-
-    return packet_slots(*columns)
+        return np.asarray(x, dtype=np.float32), record_slots(table)[keep]
 
 
 @dataclass
