@@ -193,6 +193,11 @@ def gate_holdout_fpr(
         f"{hits} of {n} held-out normal records reach the threshold, {verb} "
         f"the {allowed} allowed for {limits.fpr_factor:g} x target {target:g}"
     )
+    if passed and n * target < 1:
+        reason += (
+            f"; {n} records cannot show a rate of {target:g} (that needs "
+            f"{math.ceil(1 / target)}), only rule out much higher ones"
+        )
 
     return Gate("holdout_fpr", passed, value, reason)
 
@@ -351,7 +356,11 @@ def gate_vs_current(
     if problems:
         return Gate("vs_current", False, value, "; ".join(problems))
 
-    return Gate("vs_current", True, value, "not worse than the model in service")
+    reason = "not worse than the model in service"
+    if "known_bad_note" in value:
+        reason += f" on false positives; {value['known_bad_note']}"
+
+    return Gate("vs_current", True, value, reason)
 
 
 # --- features ----------------------------------------------------------------

@@ -134,3 +134,17 @@ def test_vs_current_gate_compares_false_positives_beyond_chance() -> None:
 
     assert close.passed is True
     assert worse.passed is False and "false positives" in worse.reason
+
+
+def test_a_passing_gate_says_what_it_could_not_judge() -> None:
+    """A pass on too few records or without a detection check says so."""
+    normal = np.linspace(0, 1, 76, endpoint=False)
+    few_bad = np.ones(3)
+
+    fpr = gate_holdout_fpr(normal, 2.0, 0.001, LIMITS)
+    versus = gate_vs_current(normal, few_bad, 2.0, normal, few_bad, 2.0, LIMITS)
+
+    assert fpr.passed is True
+    assert "76 records cannot show a rate of 0.001 (that needs 1000)" in fpr.reason
+    assert versus.passed is True
+    assert "detection not compared" in versus.reason
