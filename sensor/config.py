@@ -89,10 +89,24 @@ def _opt_path(raw: Any) -> Path | None:
     return _path(raw)
 
 
+def _int(raw: Any, what: str) -> int:
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected {what}") from None
+
+
+def _float(raw: Any, what: str) -> float:
+    try:
+        return float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected {what}") from None
+
+
 def _positive_int(raw: Any) -> int:
     if isinstance(raw, bool):
         raise ValueError("expected a whole number")
-    value = int(raw)
+    value = _int(raw, "a whole number above 0")
     if isinstance(raw, float) and raw != value:
         raise ValueError("expected a whole number")
     if value <= 0:
@@ -103,7 +117,7 @@ def _positive_int(raw: Any) -> int:
 def _port(raw: Any) -> int:
     if isinstance(raw, bool):
         raise ValueError("expected a port number")
-    value = int(raw)
+    value = _int(raw, "a port number 0-65535 (0 = off)")
     if not 0 <= value <= 65535:
         raise ValueError("expected a port number 0-65535 (0 = off)")
     return value
@@ -112,7 +126,7 @@ def _port(raw: Any) -> int:
 def _seconds(raw: Any) -> float:
     if isinstance(raw, bool):
         raise ValueError("expected seconds as a number")
-    value = float(raw)
+    value = _float(raw, "seconds as a number")
     if not value >= 0 or value == float("inf"):
         raise ValueError("expected a finite number of seconds, 0 or more")
     return value
@@ -130,7 +144,7 @@ def _opt_threshold(raw: Any) -> float | None:
         return None
     if isinstance(raw, bool):
         raise ValueError("expected a number")
-    value = float(raw)
+    value = _float(raw, "a number, or none")
     if value != value or value in (float("inf"), float("-inf")):
         raise ValueError("expected a finite number")
     return value

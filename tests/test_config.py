@@ -234,3 +234,16 @@ def test_sd_notify_outside_systemd_does_nothing() -> None:
     assert not notifier.enabled
     assert not notifier.ready("x")
     assert notifier.watchdog_interval is None
+
+
+def test_a_word_where_a_number_belongs_says_what_is_expected(tmp_path: Path) -> None:
+    """`batch_size = "lots"` names the setting and asks for a whole number."""
+    flags = {**_dirs(tmp_path), "batch_size": "lots"}
+
+    with pytest.raises(ConfigError) as caught:
+        build_config(environ={}, flags=flags)
+
+    message = str(caught.value)
+    assert "'batch_size' = 'lots'" in message
+    assert "expected a whole number above 0; fix --batch-size" in message
+    assert "base 10" not in message
