@@ -34,6 +34,16 @@ def conn_lines(cases_dir: Path) -> tuple[bytes, list[bytes]]:
     return b"".join(lines[:8]), lines[8:12]
 
 
+def decode_one_bad(
+    cases_dir: Path, index: int, value: bytes
+) -> tuple[list[Batch], LogDecoder]:
+    """Case 01's first record with field `index` set to `value`, then its last."""
+    header, lines = conn_lines(cases_dir)
+    fields = lines[0].split(b"\t")
+    fields[index] = value
+    return decode(header + b"\t".join(fields) + lines[3])
+
+
 @pytest.mark.parametrize(
     "ts", [b"99999999999999.000000", b"1e30", b"-99999999999999.5"]
 )
@@ -54,10 +64,7 @@ def test_tsv_time_past_int64_skips_only_its_record(cases_dir: Path, ts: bytes) -
 
 def test_tsv_interval_past_int64_skips_only_its_record(cases_dir: Path) -> None:
     """An interval of 2**63 microseconds is one bad record, not a crash."""
-    header, lines = conn_lines(cases_dir)
-    fields = lines[0].split(b"\t")
-    fields[8] = b"9223372036854.775808"
-    batches, decoder = decode(header + b"\t".join(fields) + lines[3])
+    batches, decoder = decode_one_bad(cases_dir, 8, b"9223372036854.775808")
     assert uids(batches) == ["CzQ1mE8rT5yUi3Op9a"]
     assert decoder.stats.skipped == 1
 
@@ -230,20 +237,14 @@ def test_hex_integers_are_invalid_in_every_batch(cases_dir: Path, column: int) -
 
 def test_hex_time_is_invalid(cases_dir: Path) -> None:
     """`0x1.234567` is no time, though it has the shape of Zeek's `%.6f`."""
-    header, lines = conn_lines(cases_dir)
-    fields = lines[0].split(b"\t")
-    fields[0] = b"0x1.234567"
-    batches, decoder = decode(header + b"\t".join(fields) + lines[3])
+    batches, decoder = decode_one_bad(cases_dir, 0, b"0x1.234567")
     assert uids(batches) == ["CzQ1mE8rT5yUi3Op9a"]
     assert decoder.stats.skipped == 1
 
 
 def test_time_past_year_9999_is_invalid(cases_dir: Path) -> None:
     """A time Python's datetime cannot hold is a skipped record, so to_pylist works."""
-    header, lines = conn_lines(cases_dir)
-    fields = lines[0].split(b"\t")
-    fields[0] = b"999999999999.000000"
-    batches, decoder = decode(header + b"\t".join(fields) + lines[3])
+    batches, decoder = decode_one_bad(cases_dir, 0, b"999999999999.000000")
     assert [r["uid"] for b in batches for r in b.records.to_pylist()] == [
         "CzQ1mE8rT5yUi3Op9a"
     ]
