@@ -98,7 +98,9 @@ class ModelMetadata:
         code_version: bflow version (+ git commit) that trained it.
         torch_version: torch that wrote the file.
         score: what the module computes: "classifier" (stage-3 anomaly
-            logit) or "flow_nll" (stage-2 negative log-likelihood, nats).
+            logit), "flow_nll" (stage-2 negative log-likelihood, nats) or
+            "flow_knn" (log flow-space distance to the nearest normal
+            training sample, `model.flow.FlowKNN`).
         slot_norm: packet models: the per-slot mean and sd
             (`model.calibrate.SlotNorm.to_dict()`) that `ScoringModel.score`
             standardises the module's scores with; the threshold is in those

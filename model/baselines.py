@@ -5,6 +5,9 @@ more anomalous, on the same (N, D) float32 features as the model:
 
 - `IsolationForestDetector`, `OneClassSVMDetector`, `LOFDetector`
   (scikit-learn, novelty mode), `PCADetector` (reconstruction error);
+- `NearestNeighbourDetector`: log distance to the nearest normal sample in
+  feature space, the same rule as the model's "flow_knn" score without the
+  autoencoder and the flow;
 - `AutoencoderDetector`: a small MLP autoencoder, reconstruction error;
 - `GanomalyDetector`: a GANomaly-style 1-D convolutional model (encoder,
   decoder, second encoder, adversarial feature matching); the score is the
@@ -29,7 +32,7 @@ import pyarrow as pa
 import torch
 from sklearn.decomposition import PCA
 from sklearn.ensemble import IsolationForest
-from sklearn.neighbors import LocalOutlierFactor
+from sklearn.neighbors import LocalOutlierFactor, NearestNeighbors
 from sklearn.svm import OneClassSVM
 from torch import nn
 
@@ -108,6 +111,26 @@ class LOFDetector:
 
     def score(self, x: Array) -> npt.NDArray[np.float64]:
         return -np.asarray(self._model.score_samples(x), dtype=np.float64)
+
+
+@dataclass
+class NearestNeighbourDetector:
+    """`log(d + eps)`, `d` the Euclidean distance to the nearest of at most
+    `max_train` normal training samples."""
+
+    seed: int = 0
+    eps: float = 0.01
+    max_train: int = 20000
+    name: str = "nearest_neighbour"
+
+    def fit(self, x: Array) -> NearestNeighbourDetector:
+        train = _subsample(x, self.max_train, self.seed)
+        self._model = NearestNeighbors(n_neighbors=1).fit(train)
+        return self
+
+    def score(self, x: Array) -> npt.NDArray[np.float64]:
+        dist, _ = self._model.kneighbors(x, n_neighbors=1)
+        return np.log(np.asarray(dist[:, 0], dtype=np.float64) + self.eps)
 
 
 @dataclass

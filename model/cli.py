@@ -249,10 +249,11 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-std", type=float, help="default: measured")
     p.add_argument(
         "--score",
-        choices=("classifier", "flow_nll"),
-        help="what the model file computes: the stage-3 classifier logit or "
-        "the stage-2 flow negative log-likelihood (default: the kind's "
-        "measured choice, model.train.DEFAULT_SCORE)",
+        choices=("classifier", "flow_nll", "flow_knn"),
+        help="what the model file computes: the stage-3 classifier logit, "
+        "the stage-2 flow negative log-likelihood, or the log distance in "
+        "flow space to the nearest normal training sample (default: the "
+        "kind's measured choice, model.train.DEFAULT_SCORE)",
     )
     p.add_argument(
         "--input-len",

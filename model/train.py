@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.flow import FlowNLL, NormalizingFlow
+from model.flow import FlowKNN, FlowNLL, NormalizingFlow
 from model.nets import (
     Classifier,
     ConvDecoder,
@@ -68,9 +68,10 @@ log = structlog.get_logger(__name__)
 KINDS = ("packet", "flow")
 
 # What the exported model computes as its score: the stage-3 classifier's
-# anomaly logit (the paper's score) or the stage-2 flow's negative
-# log-likelihood of the encoder latent.
-SCORES = ("classifier", "flow_nll")
+# anomaly logit (the paper's score), the stage-2 flow's negative
+# log-likelihood of the encoder latent, or the log distance in the flow's
+# space to the nearest normal training sample (`model.flow.FlowKNN`).
+SCORES = ("classifier", "flow_nll", "flow_knn")
 
 # Cap on the normal latents kept in the trained model for pseudo-anomalies
 # and the report; enough for smooth histograms, small in memory.
@@ -106,6 +107,12 @@ class TrainConfig:
     above 1 each pseudo-anomaly gets its own scale, drawn log-uniformly
     between 1x and `noise_spread`x that scale, so pseudo-anomalies cover the
     space beyond the typical set and not only a thin shell around it.
+
+    Nearest neighbours (`score="flow_knn"`): the flow-space points of at
+    most `knn_bank` normal training latents (a seeded random choice) are
+    kept in the model; a sample scores `log(d + knn_eps)`, `d` its
+    flow-space distance to the nearest of them. The bank's size bounds the
+    cost per sample (`knn_bank x latent_dim` multiply-adds).
     """
 
     kind: str
@@ -141,6 +148,8 @@ class TrainConfig:
     score: str = ""
     restarts: int = 0
     input_scale: str = ""
+    knn_bank: int = 8192
+    knn_eps: float = 0.1
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -186,6 +195,11 @@ class TrainConfig:
                 f"noise_spread={self.noise_spread} must be >= 1 (1: one noise "
                 "scale; 30: scales from 1x to 30x the measured one)"
             )
+        if self.knn_bank < 1 or not self.knn_eps > 0:
+            raise ConfigError(
+                f"knn_bank={self.knn_bank}, knn_eps={self.knn_eps}: need "
+                "knn_bank >= 1 (normal samples kept for flow_knn) and knn_eps > 0"
+            )
         for name in ("conv_channels", "mlp_widths", "disc_channels"):
             setattr(self, name, tuple(getattr(self, name)))
         self.disc_widths = tuple(self.disc_widths)
@@ -216,7 +230,7 @@ class TrainConfig:
 
 
 # Measured per kind; docs/DETECTION.md gives the figures behind the choice.
-DEFAULT_SCORE = {"flow": "flow_nll", "packet": "flow_nll"}
+DEFAULT_SCORE = {"flow": "flow_nll", "packet": "flow_knn"}
 
 # Encoder latent size per kind, measured on the detection benchmarks
 # (docs/DETECTION.md). Packets: 16, 32, 64, 128 in turn lifted both packet
@@ -246,6 +260,8 @@ _CLASSIFIER_FIELDS = {
     "lr_clf",
     "target_fpr",
     "score",
+    "knn_bank",
+    "knn_eps",
 }
 
 
@@ -268,16 +284,28 @@ class TrainedModel:
     noise_std: float
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     train_latents: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    knn_bank: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    def knn_head(self) -> FlowKNN:
+        """The "flow_knn" score head on the model's device."""
+        if len(self.knn_bank) == 0:
+            raise ValueError("no nearest-neighbour bank; train the model first")
+        bank = torch.from_numpy(self.knn_bank).to(self.cfg.device)
+
+        return FlowKNN(self.flow, bank, self.cfg.knn_eps).eval()
 
     def scoring_module(self) -> ScoringModule:
         """The inference path as one CPU module computing `cfg.score`.
 
         `G_E` + classifier for "classifier"; `G_E` + flow forward +
-        standard-normal log-density for "flow_nll".
+        standard-normal log-density for "flow_nll"; `G_E` + flow forward +
+        nearest bank point for "flow_knn".
         """
         head: nn.Module
         if self.cfg.score == "flow_nll":
             head = FlowNLL(copy.deepcopy(self.flow).cpu())
+        elif self.cfg.score == "flow_knn":
+            head = copy.deepcopy(self.knn_head()).cpu()
         else:
             head = copy.deepcopy(self.classifier).cpu()
         module = ScoringModule(
@@ -327,10 +355,21 @@ class TrainedModel:
 
         return _concat(parts).astype(np.float64)
 
+    @torch.inference_mode()
+    def flow_knn(self, z: np.ndarray) -> np.ndarray:
+        """Log flow-space distances `(N,)` float64 to the nearest bank point."""
+        self.flow.eval()
+        head = self.knn_head()
+        parts = [head(b).cpu().numpy() for b in self._batches(z)]
+
+        return _concat(parts).astype(np.float64)
+
     def score_latents(self, z: np.ndarray) -> np.ndarray:
         """The configured score (`cfg.score`) `(N,)` of standardised latents."""
         if self.cfg.score == "flow_nll":
             return self.flow_nll(z)
+        if self.cfg.score == "flow_knn":
+            return self.flow_knn(z)
 
         return self.classifier_logits(z)
 
@@ -348,6 +387,10 @@ class TrainedModel:
     def score_flow_nll(self, x: np.ndarray) -> np.ndarray:
         """Negative log-likelihood of the latents under the flow, `(N,)` nats."""
         return self.flow_nll(self.latents(x))
+
+    def score_flow_knn(self, x: np.ndarray) -> np.ndarray:
+        """Log flow-space distance to the nearest normal sample, `(N,)`."""
+        return self.flow_knn(self.latents(x))
 
     @torch.inference_mode()
     def pseudo_anomalies(self, n: int, *, seed: int = 0) -> np.ndarray:
@@ -998,6 +1041,10 @@ def train_three_stage(
     hist_clf = _train_classifier(cfg, classifier, flow, zt, zv, noise_std, ckpt)
 
     keep = np.random.default_rng(cfg.seed).permutation(len(zt))[:_KEPT_LATENTS]
+    pick = np.random.default_rng(cfg.seed + 4).permutation(len(zt))[: cfg.knn_bank]
+    with torch.no_grad():
+        flow.eval()
+        bank = flow(zt[torch.from_numpy(pick).to(zt.device)])[0]
 
     return TrainedModel(
         cfg=cfg,
@@ -1011,4 +1058,5 @@ def train_three_stage(
         noise_std=noise_std,
         history={"ae": hist_ae, "flow": hist_flow, "clf": hist_clf},
         train_latents=zt[torch.from_numpy(keep).to(zt.device)].cpu().numpy(),
+        knn_bank=bank.cpu().numpy().astype(np.float32),
     )

@@ -12,6 +12,7 @@ from model.baselines import (
     GanomalyDetector,
     IsolationForestDetector,
     LOFDetector,
+    NearestNeighbourDetector,
     OneClassSVMDetector,
     PCADetector,
     ZatMatrix,
@@ -89,6 +90,7 @@ def lab_packets(data_dir: Path, lab_labels: list) -> np.ndarray:  # type: ignore
         lambda: AutoencoderDetector(epochs=5),
         lambda: OneClassSVMDetector(),
         lambda: LOFDetector(),
+        lambda: NearestNeighbourDetector(),
     ],
 )
 def test_detectors_rank_random_bytes_above_real_packets(make, lab_packets) -> None:  # type: ignore[no-untyped-def]

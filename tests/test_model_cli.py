@@ -64,7 +64,7 @@ def test_train_then_eval_packet_model(
     assert meta.slot_norm is not None
     assert meta.validation["fpr_at_threshold"] <= meta.target_fpr
     assert meta.training["records"]["val"] > 0
-    assert meta.score == meta.training["config"]["score"] == "flow_nll"
+    assert meta.score == meta.training["config"]["score"] == "flow_knn"
 
     capsys.readouterr()
     mixed = data_dir / "lab/mixed-3/mixed-3.pcap"

@@ -92,3 +92,50 @@ def test_likelihood_training_maps_latents_towards_a_standard_normal() -> None:
         loss.backward()
         opt.step()
     assert float(-flow.log_prob(z).mean().detach()) < start - 0.5
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    dim=st.integers(2, 10),
+    bank_size=st.integers(1, 40),
+    rows=st.integers(1, 50),
+    seed=st.integers(0, 1000),
+)
+def test_flow_knn_is_the_log_distance_to_the_nearest_bank_point(
+    dim: int, bank_size: int, rows: int, seed: int
+) -> None:
+    """FlowKNN equals a brute-force float64 nearest distance, for any block
+    size, and a latent whose flow-space point is in the bank scores log(eps)."""
+    import math
+
+    from model.flow import FlowKNN
+
+    flow = _trained_like_flow(dim, 2, seed)
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(30, dim, generator=gen) * 2
+    bank_z = torch.cat([z[:3], torch.randn(bank_size, dim, generator=gen)])
+    with torch.no_grad():
+        bank = flow(bank_z)[0]
+        head = FlowKNN(flow, bank, eps=0.01, rows=rows)
+        got = head(z).double()
+        u = flow(z)[0].double()
+    brute = torch.cdist(u, bank.double()).min(dim=1).values
+    want = torch.log(brute + 0.01)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.allclose(got[:3], torch.full((3,), math.log(0.01)).double(), atol=1e-4)
+    assert bool((got[3:] >= math.log(0.01) - 1e-6).all())
+
+
+def test_flow_knn_refuses_a_bank_of_the_wrong_shape() -> None:
+    """A bank whose width is not the flow's, or an empty one, is a ValueError."""
+    import pytest
+
+    from model.flow import FlowKNN
+
+    flow = _trained_like_flow(4, 1, 0)
+    with pytest.raises(ValueError, match=r"\(M >= 1, 4\)"):
+        FlowKNN(flow, torch.zeros(5, 3), eps=0.01)
+    with pytest.raises(ValueError, match=r"\(M >= 1, 4\)"):
+        FlowKNN(flow, torch.zeros(0, 4), eps=0.01)
+    with pytest.raises(ValueError, match="eps=0"):
+        FlowKNN(flow, torch.zeros(2, 4), eps=0)

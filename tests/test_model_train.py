@@ -99,14 +99,46 @@ def test_pseudo_anomalies_score_above_normal_latents(trained: TrainedModel) -> N
 def test_score_follows_the_configured_choice(
     trained: TrainedModel, benign_packets: np.ndarray
 ) -> None:
-    """`score` is the flow NLL or the classifier logit, as `cfg.score` says."""
+    """`score` is the flow-space neighbour distance, the flow NLL or the
+    classifier logit, as `cfg.score` says."""
     x = benign_packets[:50]
-    assert trained.cfg.score == "flow_nll"
-    np.testing.assert_array_equal(trained.score(x), trained.score_flow_nll(x))
-    other = dataclasses.replace(
-        trained, cfg=dataclasses.replace(trained.cfg, score="classifier")
-    )
-    np.testing.assert_array_equal(other.score(x), trained.score_classifier(x))
+    assert trained.cfg.score == "flow_knn"
+    np.testing.assert_array_equal(trained.score(x), trained.score_flow_knn(x))
+    for score, direct in (
+        ("classifier", trained.score_classifier),
+        ("flow_nll", trained.score_flow_nll),
+    ):
+        other = dataclasses.replace(
+            trained, cfg=dataclasses.replace(trained.cfg, score=score)
+        )
+        np.testing.assert_array_equal(other.score(x), direct(x))
+
+
+def test_flow_knn_bank_holds_flow_space_points_of_training_latents(
+    benign_packets: np.ndarray,
+) -> None:
+    """The bank keeps at most `knn_bank` training samples, mapped by the
+    flow; each of them scores log(knn_eps), held-out packets score higher."""
+    cut = int(0.8 * len(benign_packets))
+    train, held_out = benign_packets[:cut], benign_packets[cut:]
+    model = train_three_stage(train, held_out, small_config(knn_bank=200))
+    assert model.knn_bank.shape == (200, model.latent_dim)
+
+    z = torch.from_numpy(model.latents(train))
+    with torch.no_grad():
+        u = model.flow(z)[0].numpy()
+    dist = np.sqrt(((u[:, None, :] - model.knn_bank[None]) ** 2).sum(-1)).min(1)
+    in_bank = dist < 1e-6
+    assert in_bank.sum() >= 200
+    scores = model.score(train)
+    eps = model.cfg.knn_eps
+    np.testing.assert_allclose(scores[in_bank], np.log(eps), atol=1e-3)
+    assert np.median(model.score(held_out)) > np.log(eps) + 1
+
+    whole = train_three_stage(train[:150], held_out, small_config())
+    assert whole.knn_bank.shape == (150, whole.latent_dim)
+    with pytest.raises(ConfigError, match="knn_bank=0"):
+        small_config(knn_bank=0)
 
 
 def test_score_defaults_per_kind_and_unknown_scores_are_refused() -> None:

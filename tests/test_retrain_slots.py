@@ -32,6 +32,10 @@ from tests.conftest import DATA
 pytestmark = pytest.mark.slow
 
 TARGET = 0.01
+# File against eager scores: the flow_knn score magnifies the frozen flow's
+# float32 differences (about 1e-6) by up to 1 / knn_eps near a bank point,
+# and slot standardisation by 1 / sd.
+FILE_ATOL = 1e-3
 TINY = {
     "epochs_ae": 2,
     "epochs_flow": 2,
@@ -112,7 +116,7 @@ def test_packet_candidate_file_scores_as_its_threshold_was_set(
 
     model = load_model(candidate["path"], expect_kind="packet")
     loaded = model.score(x_val, slots=slot_val)
-    np.testing.assert_allclose(loaded, cal.val_scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(loaded, cal.val_scores, rtol=1e-5, atol=FILE_ATOL)
     assert false_positive_rate(loaded, meta.threshold) <= TARGET + 1 / len(loaded)
     assert meta.validation["fpr_at_threshold"] == false_positive_rate(
         cal.val_scores, cal.threshold
@@ -136,7 +140,9 @@ def test_gates_score_packet_slices_with_slots(candidate: dict[str, Any]) -> None
 
     model = load_model(candidate["path"], expect_kind="packet")
     eager = cal.scale(trained.score(x), slots)
-    np.testing.assert_allclose(_score(model, x, slots), eager, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        _score(model, x, slots), eager, rtol=1e-5, atol=FILE_ATOL
+    )
 
     plain = Calibration(cal.threshold, cal.val_scores, cal.pseudo_scores, None)
     v1_path = Path(candidate["path"]).with_name("plain.pt")
@@ -144,7 +150,7 @@ def test_gates_score_packet_slices_with_slots(candidate: dict[str, Any]) -> None
     assert meta.slot_norm is None and meta.format_version == _PLAIN_FORMAT
     v1 = load_model(v1_path, expect_kind="packet")
     np.testing.assert_allclose(
-        _score(v1, x, slots), trained.score(x), rtol=1e-5, atol=1e-5
+        _score(v1, x, slots), trained.score(x), rtol=1e-5, atol=FILE_ATOL
     )
 
 
