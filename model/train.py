@@ -195,10 +195,17 @@ class TrainConfig:
                 f"noise_spread={self.noise_spread} must be >= 1 (1: one noise "
                 "scale; 30: scales from 1x to 30x the measured one)"
             )
-        if self.knn_bank < 1 or not self.knn_eps > 0:
+        if self.knn_bank < 1:
             raise ConfigError(
-                f"knn_bank={self.knn_bank}, knn_eps={self.knn_eps}: need "
-                "knn_bank >= 1 (normal samples kept for flow_knn) and knn_eps > 0"
+                f"knn_bank={self.knn_bank} must be >= 1 (normal samples kept "
+                "for flow_knn; 8192: the default)"
+            )
+        # An infinite eps makes every flow_knn score inf: training would run
+        # for minutes and then find no finite score to set a threshold from.
+        if not 0 < self.knn_eps < math.inf:
+            raise ConfigError(
+                f"knn_eps={self.knn_eps} must be a finite number > 0 (added to "
+                "flow_knn distances before the log; 0.1: the default)"
             )
         for name in ("conv_channels", "mlp_widths", "disc_channels"):
             setattr(self, name, tuple(getattr(self, name)))
