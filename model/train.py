@@ -109,10 +109,11 @@ class TrainConfig:
     space beyond the typical set and not only a thin shell around it.
 
     Nearest neighbours (`score="flow_knn"`): the flow-space points of at
-    most `knn_bank` normal training latents (a seeded random choice) are
-    kept in the model; a sample scores `log(d + knn_eps)`, `d` its
-    flow-space distance to the nearest of them. The bank's size bounds the
-    cost per sample (`knn_bank x latent_dim` multiply-adds).
+    most `knn_bank` distinct normal training samples (a seeded random
+    choice; repeated samples count once) are kept in the model; a sample
+    scores `log(d + knn_eps)`, `d` its flow-space distance to the nearest
+    of them. The bank's size bounds the cost per sample (`knn_bank x
+    latent_dim` multiply-adds).
     """
 
     kind: str
@@ -1048,7 +1049,11 @@ def train_three_stage(
     hist_clf = _train_classifier(cfg, classifier, flow, zt, zv, noise_std, ckpt)
 
     keep = np.random.default_rng(cfg.seed).permutation(len(zt))[:_KEPT_LATENTS]
-    pick = np.random.default_rng(cfg.seed + 4).permutation(len(zt))[: cfg.knn_bank]
+    # Copies of one packet (a heartbeat, say) would fill the bank with one
+    # point and leave fewer normal packets to compare with: keep distinct
+    # samples. Without copies `distinct` is 0..N-1 and the pick as before.
+    distinct = np.sort(np.unique(xt.cpu().numpy(), axis=0, return_index=True)[1])
+    pick = np.random.default_rng(cfg.seed + 4).permutation(distinct)[: cfg.knn_bank]
     with torch.no_grad():
         flow.eval()
         bank = flow(zt[torch.from_numpy(pick).to(zt.device)])[0]

@@ -90,6 +90,7 @@ def heartbeat_site(
         "trained": trained,
         "file": load_model(path, expect_kind="packet"),
         "beat": beat,
+        "x_train": x_train,
         "x_val": x_val,
         "slot_val": slot_val,
         "threshold": threshold,
@@ -135,6 +136,20 @@ def test_copies_of_bank_points_with_float32_noise_score_exactly_log_eps() -> Non
         apart = head(z[:1] + 0.05)
     assert bool((scores == torch.tensor(math.log(0.1))).all())
     assert float(apart[0]) > math.log(0.1) + 0.01
+
+
+def test_the_bank_keeps_one_point_per_distinct_training_packet(
+    heartbeat_site: dict[str, object],
+) -> None:
+    """200 copies of the heartbeat take one bank place, not 200: the bank
+    holds each distinct training packet once, up to `knn_bank`."""
+    trained, x_train = heartbeat_site["trained"], heartbeat_site["x_train"]
+    assert isinstance(trained, TrainedModel) and isinstance(x_train, np.ndarray)
+    distinct = len(np.unique(x_train, axis=0))
+    assert distinct < trained.cfg.knn_bank
+
+    assert trained.knn_bank.shape == (distinct, trained.latent_dim)
+    assert len(np.unique(trained.knn_bank, axis=0)) == distinct
 
 
 @pytest.mark.parametrize("value", ["Infinity", "1e400"])
