@@ -207,6 +207,15 @@ class FlowNLL(nn.Module):
         return -self.flow.log_prob(z)
 
 
+# FlowKNN's `eps` is added to float32 distances: below float32's smallest
+# normal number it is 0 there (a copy of a bank point scored -inf, which the
+# daemon skips as unscorable), above its largest every score is inf.
+KNN_EPS_RANGE = (
+    float(torch.finfo(torch.float32).tiny),
+    float(torch.finfo(torch.float32).max),
+)
+
+
 class FlowKNN(nn.Module):
     """Score head: distance in flow space to the nearest normal sample.
 
@@ -251,8 +260,9 @@ class FlowKNN(nn.Module):
             raise ValueError(
                 f"bank has shape {tuple(bank.shape)}; need (M >= 1, {flow.dim})"
             )
-        if not 0 < eps < math.inf:
-            raise ValueError(f"eps={eps} must be a finite number > 0")
+        low, high = KNN_EPS_RANGE
+        if not low <= eps <= high:
+            raise ValueError(f"eps={eps} must lie in [{low:.3g}, {high:.3g}]")
         if not 0 <= resolution < math.inf:
             raise ValueError(f"resolution={resolution} must be a finite number >= 0")
         self.flow = flow

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.flow import FlowKNN, FlowNLL, NormalizingFlow
+from model.flow import KNN_EPS_RANGE, FlowKNN, FlowNLL, NormalizingFlow
 from model.nets import (
     Classifier,
     ConvDecoder,
@@ -201,12 +201,15 @@ class TrainConfig:
                 f"knn_bank={self.knn_bank} must be >= 1 (normal samples kept "
                 "for flow_knn; 8192: the default)"
             )
-        # An infinite eps makes every flow_knn score inf: training would run
-        # for minutes and then find no finite score to set a threshold from.
-        if not 0 < self.knn_eps < math.inf:
+        # Outside float32's range every flow_knn score, or that of every copy
+        # of a training sample, is infinite: refused before minutes of
+        # training end with no finite score to set a threshold from.
+        low, high = KNN_EPS_RANGE
+        if not low <= self.knn_eps <= high:
             raise ConfigError(
-                f"knn_eps={self.knn_eps} must be a finite number > 0 (added to "
-                "flow_knn distances before the log; 0.1: the default)"
+                f"knn_eps={self.knn_eps} must be a number > 0 that float32 "
+                f"holds, {low:.3g} to {high:.3g} (added to flow_knn distances "
+                "before the log; 0.1: the default)"
             )
         for name in ("conv_channels", "mlp_widths", "disc_channels"):
             setattr(self, name, tuple(getattr(self, name)))

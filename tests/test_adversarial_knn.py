@@ -2,6 +2,7 @@
 batches, each checked on a model trained on real lab packets and its file."""
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -152,16 +153,22 @@ def test_the_bank_keeps_one_point_per_distinct_training_packet(
     assert len(np.unique(trained.knn_bank, axis=0)) == distinct
 
 
-@pytest.mark.parametrize("value", ["Infinity", "1e400"])
-def test_an_infinite_knn_eps_is_refused_before_training(value: str) -> None:
-    """`--set knn_eps=Infinity` (every score would be inf) is a ConfigError
-    naming the value, not minutes of training then no threshold."""
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("Infinity", "inf"), ("1e400", "inf"), ("1e39", "1e+39"), ("1e-50", "1e-50")],
+)
+def test_a_knn_eps_float32_cannot_hold_is_refused_before_training(
+    value: str, shown: str
+) -> None:
+    """`--set knn_eps=` inf, 1e39 (every score inf) or 1e-50 (0 in float32:
+    copies of training packets score -inf) is a ConfigError naming the
+    value, not minutes of training then non-finite scores."""
     overrides = _overrides([f"knn_eps={value}"])
-    with pytest.raises(ConfigError, match=r"knn_eps=inf must be a finite"):
+    with pytest.raises(ConfigError, match=rf"^knn_eps={re.escape(shown)} must be"):
         _config(**overrides)
     flow = NormalizingFlow(4, 1, hidden=8, clamp=2.0, seed=0).eval()
-    with pytest.raises(ValueError, match="eps=inf"):
-        FlowKNN(flow, torch.zeros(3, 4), eps=math.inf)
+    with pytest.raises(ValueError, match=rf"^eps={re.escape(shown)} must lie in"):
+        FlowKNN(flow, torch.zeros(3, 4), eps=float(overrides["knn_eps"]))
 
 
 def test_bad_knn_settings_name_only_the_bad_value() -> None:
