@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import structlog.testing
 import torch
 
 from model.artifact import ModelMetadata, ScoringModel, export_model, load_model
@@ -202,3 +203,24 @@ def test_file_scores_empty_single_and_non_finite_batches_record_by_record(
     assert not np.isfinite(scores[[3, 5]]).any()
     rest = np.setdiff1d(np.arange(300), [3, 5])
     np.testing.assert_allclose(scores[rest], whole[rest], rtol=1e-5, atol=1e-3)
+
+
+def test_a_resumed_training_keeps_the_same_bank_and_scores(
+    packets: np.ndarray, tmp_path: Path
+) -> None:
+    """Training resumed from its finished checkpoints gives the same bank
+    and the same flow_knn scores as the run that wrote them."""
+    cfg = _config(knn_bank=150, epochs_clf=1, min_steps=30)
+    first = train_three_stage(
+        packets[:400], packets[400:500], cfg, checkpoint_dir=tmp_path
+    )
+    with structlog.testing.capture_logs() as logs:
+        again = train_three_stage(
+            packets[:400], packets[400:500], cfg, checkpoint_dir=tmp_path
+        )
+
+    resumed = [e for e in logs if e["event"] == "checkpoint.resumed"]
+    assert len(resumed) == 3
+    assert first.knn_bank.shape == (150, first.latent_dim)
+    np.testing.assert_array_equal(again.knn_bank, first.knn_bank)
+    np.testing.assert_array_equal(again.score(packets), first.score(packets))
