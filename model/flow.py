@@ -207,9 +207,9 @@ class FlowNLL(nn.Module):
         return -self.flow.log_prob(z)
 
 
-# FlowKNN's `eps` is added to float32 distances: below float32's smallest
-# normal number it is 0 there (a copy of a bank point scored -inf, which the
-# daemon skips as unscorable), above its largest every score is inf.
+# FlowKNN's `eps` is added to float32 distances, so float32 must hold it:
+# 1e-50 is 0 there (a copy of a bank point scored -inf, which the daemon
+# skips as unscorable) and 1e39 is inf (every score inf).
 KNN_EPS_RANGE = (
     float(torch.finfo(torch.float32).tiny),
     float(torch.finfo(torch.float32).max),
