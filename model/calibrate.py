@@ -97,6 +97,12 @@ POOLED_SLOT = 2 * PACKETS_PER_DIRECTION
 # A slot with fewer normal validation scores than this uses the pooled
 # constants: a mean and sd of a handful of packets would be noise.
 MIN_SLOT_SCORES = 20
+# A slot's sd is never below this share of the typical within-slot sd (the
+# root mean within-slot variance of the well-filled slots). A slot whose
+# normal packets are copies of one packet (a heartbeat) has almost no
+# spread, and dividing by it would turn a one-byte change, or float32
+# noise, into thousands of standard deviations and a notice per packet.
+MIN_SLOT_SD_SHARE = 0.1
 
 
 def packet_slots(is_orig: Sequence[Any], pkt_index: Sequence[Any]) -> np.ndarray:
@@ -148,7 +154,8 @@ class SlotNorm:
 
     Attributes:
         mean: per slot, `POOLED_SLOT + 1` values (the last is all slots).
-        sd: per slot, the same length; never below a small positive floor.
+        sd: per slot, the same length; never below `MIN_SLOT_SD_SHARE` of
+            the typical within-slot sd, nor below a small positive floor.
     """
 
     mean: list[float]
@@ -176,15 +183,24 @@ class SlotNorm:
             )
         values, where = values[finite], where[finite]
         pooled = (float(values.mean()), max(float(values.std()), 1e-6))
+        filled = {
+            slot: own
+            for slot in range(POOLED_SLOT)
+            if (own := values[where == slot]).size >= MIN_SLOT_SCORES
+        }
+        floor = 1e-6
+        if filled:
+            within = sum(float(own.var()) * own.size for own in filled.values())
+            within /= sum(own.size for own in filled.values())
+            floor = max(MIN_SLOT_SD_SHARE * within**0.5, 1e-6)
         mean, sd = [], []
         for slot in range(POOLED_SLOT):
-            own = values[where == slot]
-            if own.size < MIN_SLOT_SCORES:
+            if slot not in filled:
                 mean.append(pooled[0])
                 sd.append(pooled[1])
                 continue
-            mean.append(float(own.mean()))
-            sd.append(max(float(own.std()), 1e-6))
+            mean.append(float(filled[slot].mean()))
+            sd.append(max(float(filled[slot].std()), floor))
         mean.append(pooled[0])
         sd.append(pooled[1])
         log.info("calibrate.slot_norm", n=int(values.size), mean=mean, sd=sd)

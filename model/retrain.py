@@ -707,6 +707,8 @@ def _train_config(
         saved = current.metadata.training.get("config")
         if isinstance(saved, dict):
             base = {k: v for k, v in saved.items() if k in known}
+        # Files from before the config kept `score` say it in the metadata.
+        base.setdefault("score", current.metadata.score)
     unknown = sorted(set(opts.train_overrides) - known)
     if unknown:
         raise ConfigError(

@@ -228,7 +228,9 @@ class TrainConfig:
         later stages can reuse the earlier ones via `checkpoint_dir`.
         """
         data = self.to_dict()
-        data.pop("device")
+        # The flow_knn bank is picked after the last stage and shapes none.
+        for name in ("device", "knn_bank", "knn_eps"):
+            data.pop(name)
         later = {
             1: _FLOW_FIELDS | _CLASSIFIER_FIELDS,
             2: _CLASSIFIER_FIELDS,
@@ -271,8 +273,6 @@ _CLASSIFIER_FIELDS = {
     "lr_clf",
     "target_fpr",
     "score",
-    "knn_bank",
-    "knn_eps",
 }
 
 

@@ -139,6 +139,26 @@ def test_metadata_without_a_score_reads_as_a_classifier_model(
         loaded.score(features), trained.score_classifier(features), atol=1e-5
     )
 
+    # Retraining such a file keeps its score, not today's default.
+    from datetime import datetime, timedelta
+
+    from model.baseline import HostList
+    from model.retrain import Options, _train_config
+
+    opts = Options(
+        model=old,
+        kind=None,
+        archives=[],
+        notice_logs=[],
+        known_bad_logs=[],
+        allow=HostList(),
+        deny=HostList(),
+        now=datetime(2026, 1, 1),
+        window=timedelta(days=1),
+    )
+    cfg = _train_config("flow", 3, 1e-3, loaded, opts)
+    assert cfg.score == "classifier"
+
 
 def test_metadata_round_trips_and_is_filled_in(model_file: Path) -> None:
     """Given fields come back; version, time, code and torch are filled."""

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from model.calibrate import (
     MIN_SLOT_SCORES,
+    MIN_SLOT_SD_SHARE,
     POOLED_SLOT,
     SlotNorm,
     calibrate_threshold,
@@ -95,6 +96,22 @@ def test_sparse_and_unknown_slots_take_the_pooled_constants() -> None:
     for slot in (1, POOLED_SLOT, 99, -1):
         np.testing.assert_allclose(norm.apply(probe, np.full(3, slot)), expect)
     assert norm.apply(scores, np.full(slots.size, POOLED_SLOT)) == pytest.approx(pooled)
+
+
+def test_a_slot_of_copies_is_not_divided_by_its_near_zero_spread() -> None:
+    """A slot whose normal scores are all one value (a repeated heartbeat)
+    gets MIN_SLOT_SD_SHARE of the typical within-slot sd, so a small change
+    in that slot stays a small standardised score."""
+    rng = np.random.default_rng(6)
+    slots = np.r_[np.zeros(300, np.int64), np.ones(300, np.int64)]
+    scores = np.r_[np.full(300, -2.3), rng.normal(0.0, 1.5, 300)]
+    norm = SlotNorm.fit(scores, slots)
+
+    within = np.sqrt(scores[300:].var() / 2)
+    assert norm.sd[0] == pytest.approx(MIN_SLOT_SD_SHARE * within)
+    nudged = norm.apply(np.array([-2.3 + 0.05]), np.array([0]))
+    assert 0 < nudged[0] < 1
+    assert norm.sd[1] == pytest.approx(scores[300:].std())
 
 
 def test_slot_norm_round_trips_and_refuses_bad_constants() -> None:
