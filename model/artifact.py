@@ -43,6 +43,7 @@ import io
 import json
 import math
 import os
+import re
 import subprocess
 import warnings
 import zipfile
@@ -58,7 +59,7 @@ import torch
 
 from model.calibrate import POOLED_SLOT, SlotNorm
 from sensor import __version__ as bflow_version
-from sensor.errors import ConfigError, ModelError
+from sensor.errors import BFlowError, ConfigError, ModelError
 
 if TYPE_CHECKING:
     from model.train import TrainedModel
@@ -76,6 +77,9 @@ METADATA_NAME = "bflow_metadata.json"
 _PROBE_ROWS = 8
 _SCORE_BATCH = 8192
 _LFS_MAGIC = b"version https://git-lfs"
+# torch's C++ checks put their source location before the reason.
+_ENFORCE_PREFIX = re.compile(r"^\[enforce fail at [^\]]*\]\s*\.?\s*")
+_SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")
 
 
 @dataclass
@@ -337,8 +341,8 @@ class _FileFacts:
             f"Model saved with torch {saved}, running {torch.__version__}.",
         ]
         if exc is not None:
-            text = " ".join(str(exc).split())
-            parts.append(f"Underlying error: {type(exc).__name__}: {text}")
+            reason = _first_reason(exc)
+            parts.append(f"Underlying error: {type(exc).__name__}: {reason}.")
         parts.append(f"What to do: {todo}")
         details = self.details()
         details["reason"] = what
@@ -346,6 +350,25 @@ class _FileFacts:
             details["exception"] = f"{type(exc).__name__}: {exc}"
 
         return ModelLoadError(" ".join(parts), details)
+
+
+def _first_reason(exc: BaseException) -> str:
+    """The first sentence of an exception's text that says what went wrong.
+
+    torch follows the reason with paragraphs of advice ("This is an internal
+    miniz error. If you are seeing this error, ...") and sometimes puts a
+    C++ source location first; neither helps the operator, who gets our own
+    diagnosis and what to do. `-v` shows the whole text in the traceback.
+    bflow's own errors are kept whole.
+    """
+    if isinstance(exc, BFlowError):
+        # Our own messages are written to be read whole.
+        return " ".join(str(exc).split()).rstrip(".")
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = _ENFORCE_PREFIX.sub("", lines[0]) if lines else ""
+    first = _SENTENCE_END.split(text, maxsplit=1)[0].rstrip(". ")
+
+    return first or type(exc).__name__
 
 
 def _metadata_from_zip(data: bytes) -> dict[str, Any]:

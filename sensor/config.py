@@ -15,7 +15,9 @@ Example file (`systemd/bflow.toml` is a commented one)::
 """
 
 import ipaddress
+import json
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -208,11 +210,46 @@ HELP = {
 }
 
 
+def settings_toml(config: Config, notes: Mapping[str, str] | None = None) -> list[str]:
+    """The settings in effect, one `name = value` line each, as TOML.
+
+    The lines together are a config file that gives the same settings.
+    TOML has no null, so an unset setting is a comment saying so.
+
+    Args:
+        notes: a remark per setting name, added as a comment to its line.
+    """
+    notes = notes or {}
+    lines = []
+    for item in fields(Config):
+        value = getattr(config, item.name)
+        note = notes.get(item.name)
+        if value is None:
+            line = f"# {item.name} is unset"
+            lines.append(f"{line}: {note}" if note else line)
+            continue
+        line = f"{item.name} = {_toml_value(value)}"
+        lines.append(f"{line}  # {note}" if note else line)
+
+    return lines
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        # Settings are validated finite; repr keeps a float a TOML float.
+        return repr(value)
+
+    # A JSON string with raw UTF-8 is a TOML basic string.
+    return json.dumps(str(value), ensure_ascii=False)
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a config file; a missing or malformed file is a ConfigError."""
     try:
-        with open(path, "rb") as stream:
-            table = tomllib.load(stream)
+        data = path.read_bytes()
+        table = tomllib.loads(data.decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(
             f"config file {str(path)!r} does not exist; pass an existing file "
@@ -223,17 +260,71 @@ def read_toml(path: Path) -> dict[str, Any]:
             f"config file {str(path)!r} cannot be read ({exc.strerror}); "
             "check its permissions"
         ) from None
-    except tomllib.TOMLDecodeError as exc:
+    except UnicodeDecodeError as exc:
+        line, column = _position(data, exc.start)
         raise ConfigError(
-            f"config file {str(path)!r} is not valid TOML ({exc}); fix the "
-            "line named there"
+            f"config file {str(path)!r} is not valid TOML: byte "
+            f"0x{data[exc.start]:02x} at line {line}, column {column} is not "
+            f"UTF-8{_quote_line(data, line)}; save the file as UTF-8"
         ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_toml_error(path, data, exc)) from None
 
     # A `[bflow]` table is accepted too, so the file can hold other sections.
     if isinstance(table.get("bflow"), dict):
         table = table["bflow"]
 
     return table
+
+
+_TOML_WHERE = re.compile(r"\s*\(at (?:line (\d+), column (\d+)|end of document)\)$")
+
+
+def _toml_error(path: Path, data: bytes, exc: tomllib.TOMLDecodeError) -> str:
+    """Where tomllib stopped in the file and why, with what to do.
+
+    tomllib (Python 3.11-3.13) puts the position only in its message, as
+    "(at line L, column C)" or "(at end of document)"; 3.14 also has
+    `lineno` and `colno`.
+    """
+    message = str(exc.args[0]) if exc.args else str(exc)
+    match = _TOML_WHERE.search(message)
+    reason = message[: match.start()] if match else message
+    line: int | None = getattr(exc, "lineno", None)
+    column: int | None = getattr(exc, "colno", None)
+    if line is None and match is not None and match[1]:
+        line, column = int(match[1]), int(match[2])
+    where = ""
+    if line is None or column is None:
+        line, column = _position(data, len(data.rstrip(b"\n")))
+        where = " (the end of the file)"
+
+    return (
+        f"config file {str(path)!r} is not valid TOML at line {line}, column "
+        f"{column}{where}: {reason}{_quote_line(data, line)}; fix that line "
+        '(text values need double quotes, as in log_dir = "/var/log/zeek") '
+        f"and check the file with `bflow run --config {path} --check-config`"
+    )
+
+
+def _position(data: bytes, offset: int) -> tuple[int, int]:
+    """(line, column), both from 1, of a byte offset in a file."""
+    before = data[:offset]
+    line_start = before.rfind(b"\n") + 1
+    column = len(before[line_start:].decode("utf-8", "replace")) + 1
+
+    return before.count(b"\n") + 1, column
+
+
+def _quote_line(data: bytes, line: int) -> str:
+    lines = data.split(b"\n")
+    if not 1 <= line <= len(lines):
+        return ""
+    text = lines[line - 1].rstrip(b"\r").decode("utf-8", "replace")
+    if len(text) > 80:
+        text = text[:77] + "..."
+
+    return f"; the line reads {text!r}"
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, str]:

@@ -51,7 +51,14 @@ from typing import Any, Final
 
 import structlog
 
-from sensor.config import HELP, PARSERS, Config, build_config, check_paths
+from sensor.config import (
+    HELP,
+    PARSERS,
+    Config,
+    build_config,
+    check_paths,
+    settings_toml,
+)
 from sensor.errors import BFlowError, ConfigError, ModelError
 from sensor.metrics import Metrics, PrometheusExporter
 from sensor.pipeline import LOG_OF_KIND, Pipeline, Scorer, file_identity, load_scorer
@@ -158,6 +165,12 @@ class Daemon:
 
         return scorers
 
+    def model_versions(self) -> str:
+        """The models scoring now, as `flow=<version>,packet=<version>`."""
+        scorers = sorted(self.pipeline.scorers.values(), key=lambda s: s.kind)
+
+        return ",".join(f"{s.kind}={s.model_version}" for s in scorers)
+
     def request_stop(self, reason: str) -> None:
         """Finish the batch in hand, commit, and leave the loop."""
         self._stop_reason = self._stop_reason or reason
@@ -241,7 +254,7 @@ class Daemon:
                     f"{config.metrics_port} cannot be opened ({exc.strerror}); "
                     "pick a free metrics_port or set it to 0"
                 ) from None
-        writer = NoticeWriter(config.notice_log)
+        writer = NoticeWriter(config.notice_log, model_version=self.model_versions())
         ledger = Ledger(config.ledger) if config.ledger else None
         try:
             tailer = LogTailer(
@@ -276,12 +289,32 @@ class Daemon:
                 ledger.close()
             if exporter is not None:
                 exporter.close()
-            log.info(
-                "daemon.stopped", reason=self._stop_reason, **self.metrics.summary()
-            )
+            log.info("daemon.stopped", reason=self._stop_reason, **self._totals())
             self.notifier.close()
 
         return 0
+
+    def _totals(self) -> dict[str, Any]:
+        """Figures for `daemon.stopped`: the whole run, idle time included.
+
+        The summary's `records_per_s` covers the time since the last
+        `daemon.summary`, which says nothing about a run that has ended, so
+        it is left out. The rate over the run is named for what it is: the
+        daemon spends most of an ordinary run waiting for Zeek, and cannot
+        tell waiting from reading inside the tailer's poll, so it reports no
+        rate over busy time (`bench/daemon` measures the capacity, and
+        `batch_p50_s`/`batch_p99_s` the cost of a batch).
+        """
+        figures = self.metrics.summary()
+        del figures["records_per_s"]
+        uptime = max(time.monotonic() - self.metrics.started, 1e-9)
+        total = sum(self.metrics.records.values())
+
+        return {
+            "uptime_s": round(uptime, 1),
+            "records_per_s_over_uptime": round(total / uptime, 1),
+            **figures,
+        }
 
     def _loop(self, tailer: Any, writer: Any, ledger: Ledger | None) -> None:
         config = self.config
@@ -311,12 +344,14 @@ class Daemon:
             if self._reload_requested:
                 self._reload_requested = False
                 self.reload_models(forced=True)
+                writer.model_version = self.model_versions()
             elif (
                 config.model_check_interval
                 and now - last_model_check >= config.model_check_interval
             ):
                 last_model_check = now
                 self.reload_models(forced=False)
+                writer.model_version = self.model_versions()
 
             got = self._step(tailer, writer, ledger)
             now = time.monotonic()
@@ -543,6 +578,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _setting_notes(config: Config, daemon: Daemon) -> dict[str, str]:
+    """What `--check-config` adds to the lines of some settings."""
+    notes = {"notice_dir": f"the notice log is {config.notice_log}"}
+    for kind, log_name in LOG_OF_KIND.items():
+        scorer = daemon.pipeline.scorers.get(log_name)
+        if scorer is None:
+            notes[f"{kind}_model"] = f"{log_name}.log is not scored"
+            continue
+        notes[f"{kind}_model"] = (
+            f"model_version {scorer.model_version}, threshold {scorer.threshold:g}"
+        )
+        if getattr(config, f"{kind}_threshold") is None:
+            notes[f"{kind}_threshold"] = (
+                f"the model's own threshold, {scorer.threshold:g}, is used"
+            )
+
+    return notes
+
+
 def main(argv: list[str]) -> int:
     """Entry point of `bflow run`."""
     args = _parser().parse_args(argv)
@@ -552,11 +606,9 @@ def main(argv: list[str]) -> int:
 
     daemon = Daemon(config)
     if args.check_config:
-        kinds = {s.kind: s.model_version for s in daemon.pipeline.scorers.values()}
-        print(
-            f"config OK: logs from {config.log_dir}, notices to "
-            f"{config.notice_log}, models {kinds}"
-        )
+        print("config OK; the settings in effect:")
+        for line in settings_toml(config, _setting_notes(config, daemon)):
+            print(line)
         for missing in absent_logs(config.log_dir, daemon.pipeline.logs):
             hint = _ABSENT_HINT.get(missing, "")
             print(f"note: no {missing}.log in {config.log_dir} yet: {hint}")

@@ -7,7 +7,9 @@ file when Zeek starts, and takes a line without its newline at end of file as
 a whole line. So the writer:
 
 - creates each file with its header and an `open` control record in one
-  atomic step (written beside it, fsynced, renamed), before any notice;
+  atomic step (written beside it, fsynced, renamed), before any notice.
+  Control records carry the versions of the models the daemon runs (the
+  `model_version` field), so an operator can tell which models wrote a file;
 - on start, appends to an existing file whose `#fields` match and never
   writes a second header; a file with other fields is archived instead;
 - writes each line with one `os.write` on an `O_APPEND` descriptor and
@@ -24,13 +26,23 @@ a whole line. So the writer:
   link, then the next generation is renamed over the name) and a `rotate`
   record is appended to the archived file. The script, still reading the
   old file through its open descriptor, reaches that record and goes on
-  with the next generation. Archived files beyond `keep_files` are
-  deleted; that is safe once the `rotate` record is durable, because a
-  reader that has the file open keeps reading it to that record (the space
-  is freed when Zeek closes it). zeek_scripts/README.md has the procedure.
+  with the next generation. The `rotate` record and a `#close` footer go
+  out in one write: an archived file is finished, like a log Zeek rotated.
+  Archived files beyond `keep_files` are deleted; that is safe once the
+  `rotate` record is durable, because a reader that has the file open keeps
+  reading it to that record (the space is freed when Zeek closes it).
+  zeek_scripts/README.md has the procedure.
 - notices the file being deleted or moved away under it (a clean-up job):
-  the old file gets a `rotate` record and the name a new generation, so
-  a running Zeek follows and a restarted one finds the file.
+  the old file gets a `rotate` record and `#close`, and the name a new
+  generation, so a running Zeek follows and a restarted one finds the file.
+
+The current file gets no `#close` when the daemon stops: the next start
+appends to it (case 18), and readers that honour `#close` as the end of a
+file (`bflow read`, log shippers) would drop every notice after a footer
+left in the middle. Taking the footer off again would mean truncating a
+file Zeek holds open, which leaves Zeek's reader past the end (case 18).
+Zeek's reader skips `#` lines other than `#fields`, so the footer of an
+archived file is no record to it.
 
 A full disk or an I/O error raises `BFlowError`. A line cut short by it can
 never read as a notice: `kind` is the last field and no kind is a prefix of
@@ -70,6 +82,8 @@ MSG_MAX_BYTES: Final = 2000
 LINE_MAX_BYTES: Final = 3000
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_KEEP_FILES: Final = 8
+# `model_version` of control records when the caller names no models.
+UNKNOWN_MODELS: Final = "unknown"
 
 NOTICE_FORMAT: Final = LogFormat.from_fields(
     NOTICE_LOG_PATH,
@@ -255,9 +269,13 @@ class NoticeWriter:
         path: the notice log, e.g. `/var/lib/bflow/notices/bflow_notice.log`.
         max_bytes: rotate when a write would take the file past this size.
         keep_files: archived files to keep; older ones are deleted.
+        model_version: the models the daemon runs, e.g.
+            `flow=<version>,packet=<version>`; written in the `model_version`
+            field of control records. Set the attribute after a model swap.
 
     Raises:
         BFlowError: the file cannot be created or read.
+        ValueRejected: `model_version` is empty.
     """
 
     def __init__(
@@ -266,10 +284,12 @@ class NoticeWriter:
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         keep_files: int = DEFAULT_KEEP_FILES,
+        model_version: str = UNKNOWN_MODELS,
     ) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.keep_files = keep_files
+        self.model_version = model_version
         self.written = 0
         self.duplicates = 0
         self.rejected = 0
@@ -283,6 +303,23 @@ class NoticeWriter:
         self._unsynced = False
         self._base_size = 0
         self._open()
+
+    @property
+    def model_version(self) -> str:
+        """What control records name in their `model_version` field."""
+        return self._model_version
+
+    @model_version.setter
+    def model_version(self, value: str) -> None:
+        # Zeek's script reads the field as a string that is never unset, and
+        # an empty one tells an operator nothing.
+        if not isinstance(value, str) or not value.strip():
+            raise ValueRejected(
+                f"notice log model_version {value!r} is empty; name the models "
+                f"in use (e.g. 'flow=<version>') or leave the default "
+                f"{UNKNOWN_MODELS!r}"
+            )
+        self._model_version = value
 
     @property
     def generation(self) -> int:
@@ -501,7 +538,7 @@ class NoticeWriter:
                 action="rotate record appended; notices go on in a new file",
             )
             fate = "was deleted" if mine.st_nlink == 0 else "was moved away"
-            self._append(self._rotate_line(self._generation, fate))
+            self._append(self._closing_lines(self._generation, fate))
             self._sync(self._fd)
             self._unsynced = False
             os.close(self._fd)
@@ -530,21 +567,23 @@ class NoticeWriter:
 
     def _write_rotate_record(self, fd: int, generation: int) -> None:
         archived = self.archived_path(generation).name
-        line = self._rotate_line(generation, f"was archived as {archived}")
+        lines = self._closing_lines(generation, f"was archived as {archived}")
         tail = _last_byte_fd(fd)
-        _write_all(fd, line if tail in (b"", b"\n") else b"\n" + line)
+        _write_all(fd, lines if tail in (b"", b"\n") else b"\n" + lines)
         self._sync(fd)
 
-    def _rotate_line(self, generation: int, fate: str) -> bytes:
+    def _closing_lines(self, generation: int, fate: str) -> bytes:
+        """The `rotate` record and `#close` footer that end a generation."""
         now = time.time_ns() // 1000
-
-        return self._control_line(
+        rotate = self._control_line(
             "rotate",
             now,
             f"rotate-{generation}-{now}",
             f"bflow notice log generation {generation} ends here and {fate}; "
             f"notices continue in {self.path.name}",
         )
+
+        return rotate + NOTICE_FORMAT.close_line(now)
 
     def _finish_old_rotation(self) -> None:
         # A crash between archiving the old file and appending its rotate
@@ -591,7 +630,7 @@ class NoticeWriter:
         values: Mapping[str, object] = {
             "ts": now,
             "notice_id": notice_id,
-            "model_version": "",
+            "model_version": self.model_version,
             "msg": msg,
             "threshold": 0.0,
             "score": 0.0,

@@ -366,7 +366,7 @@ def test_check_config_loads_the_models_and_says_ok(
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("config OK")
-    assert "'flow'" in proc.stdout and "'packet'" in proc.stdout
+    assert 'flow_model = "' in proc.stdout and 'packet_model = "' in proc.stdout
     assert "note: no bflow_packet.log in" in proc.stdout
     assert "zeek_scripts/" in proc.stdout
     assert not (tmp_path / "state").exists()
