@@ -80,6 +80,8 @@ _LFS_MAGIC = b"version https://git-lfs"
 # torch's C++ checks put their source location before the reason.
 _ENFORCE_PREFIX = re.compile(r"^\[enforce fail at [^\]]*\]\s*\.?\s*")
 _SENTENCE_END = re.compile(r"\.\s+(?=[A-Z])")
+_INTERPRETER_PREAMBLE = "The following operation failed in the TorchScript"
+_RAISED_LINE = re.compile(r"(?:\w+\.)*\w*(?:Error|Exception): (.+)")
 
 
 @dataclass
@@ -358,13 +360,20 @@ def _first_reason(exc: BaseException) -> str:
     torch follows the reason with paragraphs of advice ("This is an internal
     miniz error. If you are seeing this error, ...") and sometimes puts a
     C++ source location first; neither helps the operator, who gets our own
-    diagnosis and what to do. `-v` shows the whole text in the traceback.
+    diagnosis and what to do. An error raised inside a TorchScript module
+    ends its TorchScript traceback with the reason. `-v` shows the whole
+    text in the traceback.
     bflow's own errors are kept whole.
     """
     if isinstance(exc, BFlowError):
         # Our own messages are written to be read whole.
         return " ".join(str(exc).split()).rstrip(".")
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if lines and lines[0].startswith(_INTERPRETER_PREAMBLE):
+        # The reason is the last line, after the TorchScript traceback.
+        raised = [m for m in map(_RAISED_LINE.fullmatch, lines) if m]
+        if raised:
+            lines = [raised[-1][1]]
     text = _ENFORCE_PREFIX.sub("", lines[0]) if lines else ""
     first = _SENTENCE_END.split(text, maxsplit=1)[0].rstrip(". ")
 

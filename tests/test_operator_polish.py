@@ -273,6 +273,45 @@ def test_refused_model_keeps_one_line_of_torch(cases_dir: Path, name: str) -> No
     assert message.count("What to do:") == 1
 
 
+class _WrongWidth(torch.nn.Module):
+    """Scores 3 features: any real model's probe batch does not fit it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x).squeeze(1)
+
+
+def test_failed_probe_keeps_the_reason_after_torchscripts_traceback(
+    tmp_path: Path,
+) -> None:
+    """A model failing its probe batch reports torch's last line, not the traceback."""
+    from model.artifact import METADATA_NAME, read_metadata
+
+    torch.set_num_threads(1)
+    metadata = read_metadata(DEFAULT_MODELS / "flow.pt")
+    path = tmp_path / "wrong_width.pt"
+    torch.jit.save(
+        torch.jit.script(_WrongWidth()),
+        str(path),
+        _extra_files={METADATA_NAME: metadata.to_json()},
+    )
+
+    with pytest.raises(ModelError) as caught:
+        load_model(path)
+
+    message = str(caught.value)
+    assert "the probe batch failed to run" in message
+    assert "Traceback" not in message and "<--- HERE" not in message
+    width = metadata.input_dim
+    assert (
+        "Underlying error: RuntimeError: mat1 and mat2 shapes cannot be "
+        f"multiplied (8x{width} and 3x1)." in message
+    )
+
+
 # -- 5. daemon.stopped ---------------------------------------------------------
 
 
