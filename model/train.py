@@ -149,7 +149,7 @@ class TrainConfig:
     score: str = ""
     restarts: int = 0
     input_scale: str = ""
-    knn_bank: int = 8192
+    knn_bank: int = 4096
     knn_eps: float = 0.1
 
     def __post_init__(self) -> None:
