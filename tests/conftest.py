@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import structlog
 
@@ -23,6 +24,18 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.skip(f"real data not found at {DATA}; set BFLOW_SHARED")
     return DATA
+
+
+@pytest.fixture(scope="session")
+def benign_packets(data_dir: Path) -> np.ndarray:
+    """Sampled payload packets of one benign lab run, as 128-byte features."""
+    from model.features.packet import PacketFeatureConfig, packet_features
+    from model.features.pcap import sample_pcap
+
+    table = sample_pcap(data_dir / "lab/benign-1/benign-1.pcap")
+    x, _ = packet_features(table, PacketFeatureConfig(input_len=128))
+    assert len(x) > 500
+    return np.asarray(x, dtype=np.float32)
 
 
 @pytest.fixture(scope="session")

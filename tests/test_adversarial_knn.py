@@ -18,58 +18,33 @@ from model.calibrate import (
     false_positive_rate,
 )
 from model.cli import _overrides
-from model.features.packet import PacketFeatureConfig, packet_features
-from model.features.pcap import sample_pcap
+from model.features.packet import PacketFeatureConfig
 from model.flow import FlowKNN, NormalizingFlow
 from model.train import TrainConfig, TrainedModel, train_three_stage
 from sensor.errors import ConfigError
+from tests.test_model_train import INPUT_LEN, small_config
 
 torch.set_num_threads(1)
 
-INPUT_LEN = 128
 TARGET = 0.01
 HEARTBEATS = 60
 
 
 def _config(**changes: object) -> TrainConfig:
-    base: dict[str, object] = dict(
-        kind="packet",
-        input_dim=INPUT_LEN,
-        latent_dim=8,
-        conv_channels=(4, 8),
-        disc_channels=(4, 8),
-        classifier_widths=(16,),
-        flow_blocks=2,
-        epochs_ae=3,
-        epochs_flow=4,
-        epochs_clf=2,
-        batch_size=128,
-        min_steps=60,
-        seed=3,
-        restarts=1,
-    )
-    base.update(changes)
-    return TrainConfig(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def packets(data_dir: Path) -> np.ndarray:
-    """Sampled payload packets of one benign lab run, as features."""
-    table = sample_pcap(data_dir / "lab/benign-1/benign-1.pcap")
-    x, _ = packet_features(table, PacketFeatureConfig(input_len=INPUT_LEN))
-    return np.asarray(x, dtype=np.float32)
+    """`small_config` of the training tests with a shorter stage 3."""
+    return small_config(**{"epochs_clf": 2, **changes})
 
 
 @pytest.fixture(scope="module")
 def heartbeat_site(
-    packets: np.ndarray, tmp_path_factory: pytest.TempPathFactory
+    benign_packets: np.ndarray, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, object]:
     """A site whose first originator packet (slot 0) is always the same
     heartbeat, all other packets varied real traffic; trained, standardised
     per slot and calibrated as `bflow train` does, then exported."""
-    beat = packets[:1]
-    x_train = np.concatenate([packets[1:700], np.repeat(beat, 200, axis=0)])
-    x_val = np.concatenate([packets[700:], np.repeat(beat, HEARTBEATS, axis=0)])
+    beat = benign_packets[:1]
+    x_train = np.concatenate([benign_packets[1:700], np.repeat(beat, 200, axis=0)])
+    x_val = np.concatenate([benign_packets[700:], np.repeat(beat, HEARTBEATS, axis=0)])
     slot_val = np.full(len(x_val), POOLED_SLOT, dtype=np.int64)
     slot_val[-HEARTBEATS:] = 0
     trained = train_three_stage(x_train, x_val, _config())
@@ -183,20 +158,20 @@ def test_bad_knn_settings_name_only_the_bad_value() -> None:
 
 
 def test_file_scores_empty_single_and_non_finite_batches_record_by_record(
-    heartbeat_site: dict[str, object], packets: np.ndarray
+    heartbeat_site: dict[str, object], benign_packets: np.ndarray
 ) -> None:
     """An empty batch gives no scores, a batch of one its own score, and a
     NaN or inf feature makes only its own record's score non-finite (the
     daemon skips and counts it)."""
     model = heartbeat_site["file"]
     assert isinstance(model, ScoringModel)
-    whole = model.score(packets[:300])
+    whole = model.score(benign_packets[:300])
 
-    assert model.score(packets[:0]).shape == (0,)
+    assert model.score(benign_packets[:0]).shape == (0,)
     for i in (0, 7, 299):
-        one = model.score(packets[i : i + 1])
+        one = model.score(benign_packets[i : i + 1])
         np.testing.assert_allclose(one, whole[i : i + 1], rtol=1e-5, atol=1e-3)
-    bad = packets[:300].copy()
+    bad = benign_packets[:300].copy()
     bad[3, 10] = np.nan
     bad[5, 20] = np.inf
     scores = model.score(bad)
@@ -206,21 +181,23 @@ def test_file_scores_empty_single_and_non_finite_batches_record_by_record(
 
 
 def test_a_resumed_training_keeps_the_same_bank_and_scores(
-    packets: np.ndarray, tmp_path: Path
+    benign_packets: np.ndarray, tmp_path: Path
 ) -> None:
     """Training resumed from its finished checkpoints gives the same bank
     and the same flow_knn scores as the run that wrote them."""
     cfg = _config(knn_bank=150, epochs_clf=1, min_steps=30)
     first = train_three_stage(
-        packets[:400], packets[400:500], cfg, checkpoint_dir=tmp_path
+        benign_packets[:400], benign_packets[400:500], cfg, checkpoint_dir=tmp_path
     )
     with structlog.testing.capture_logs() as logs:
         again = train_three_stage(
-            packets[:400], packets[400:500], cfg, checkpoint_dir=tmp_path
+            benign_packets[:400], benign_packets[400:500], cfg, checkpoint_dir=tmp_path
         )
 
     resumed = [e for e in logs if e["event"] == "checkpoint.resumed"]
     assert len(resumed) == 3
     assert first.knn_bank.shape == (150, first.latent_dim)
     np.testing.assert_array_equal(again.knn_bank, first.knn_bank)
-    np.testing.assert_array_equal(again.score(packets), first.score(packets))
+    np.testing.assert_array_equal(
+        again.score(benign_packets), first.score(benign_packets)
+    )

@@ -10,8 +10,6 @@ import structlog.testing
 import torch
 
 from model.features.flow import FlowFeatureSchema
-from model.features.packet import PacketFeatureConfig, packet_features
-from model.features.pcap import sample_pcap
 from model.train import (
     DEFAULT_INPUT_SCALE,
     DEFAULT_LATENT_DIM,
@@ -51,15 +49,6 @@ def small_config(**changes: object) -> TrainConfig:
     )
     base.update(changes)
     return TrainConfig(**base)  # type: ignore[arg-type]
-
-
-@pytest.fixture(scope="module")
-def benign_packets(data_dir: Path) -> np.ndarray:
-    """Sampled payload packets of one benign lab run, as features."""
-    table = sample_pcap(data_dir / "lab/benign-1/benign-1.pcap")
-    x, _ = packet_features(table, PacketFeatureConfig(input_len=INPUT_LEN))
-    assert len(x) > 500
-    return x
 
 
 @pytest.fixture(scope="module")
