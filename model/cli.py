@@ -222,7 +222,10 @@ def _time_range(ts: np.ndarray) -> dict[str, float | None]:
 
 
 def _train_parser() -> argparse.ArgumentParser:
+    from dataclasses import fields
+
     from model.features.packet import TCP_RANDOM
+    from model.train import DEFAULT_SCORE, TrainConfig
 
     p = argparse.ArgumentParser(
         prog="bflow train",
@@ -239,21 +242,50 @@ def _train_parser() -> argparse.ArgumentParser:
         help="packet: pcap/pcapng files or bflow packet logs; flow: conn.logs",
     )
     p.add_argument("--out", type=Path, required=True, metavar="MODEL.pt")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--target-fpr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of connections held out to calibrate the threshold "
+        "(default %(default)s)",
+    )
+    p.add_argument(
+        "--target-fpr",
+        type=float,
+        default=1e-3,
+        help="false-positive rate the threshold is calibrated for "
+        "(default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--epochs-ae", type=int)
-    p.add_argument("--epochs-flow", type=int)
-    p.add_argument("--epochs-clf", type=int)
-    p.add_argument("--noise-std", type=float, help="default: measured")
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for stage, what in (
+        ("ae", "stage 1, the autoencoder"),
+        ("flow", "stage 2, the flow"),
+        ("clf", "stage 3, the classifier"),
+    ):
+        p.add_argument(
+            f"--epochs-{stage}",
+            type=int,
+            metavar="N",
+            help=f"training epochs of {what} (default "
+            f"{defaults[f'epochs_{stage}']}, raised to reach "
+            f"{defaults['min_steps']} optimiser steps on small inputs)",
+        )
+    p.add_argument(
+        "--noise-std",
+        type=float,
+        help="std of the noise added in flow space to make the stage-3 "
+        "classifier's pseudo-anomalies (default: measured)",
+    )
     p.add_argument(
         "--score",
         choices=("classifier", "flow_nll", "flow_knn"),
         help="what the model file computes: the stage-3 classifier logit, "
         "the stage-2 flow negative log-likelihood, or the log distance in "
-        "flow space to the nearest normal training sample (default: the "
-        "kind's measured choice, model.train.DEFAULT_SCORE)",
+        "flow space to the nearest normal training sample (default per "
+        f"kind: packet: {DEFAULT_SCORE['packet']}, "
+        f"flow: {DEFAULT_SCORE['flow']})",
     )
     p.add_argument(
         "--input-len",
@@ -486,8 +518,11 @@ def train_main(argv: list[str]) -> int:
     print(f"model   {args.out}")
     print(f"report  {report}")
     print(f"records {len(x_train)} train, {len(x_val)} validation")
-    print(f"score   {cfg.score}")
-    print(f"noise   std {trained.noise_std:.4g} in flow space")
+    print(f"score   {_score_words(cfg.score, len(trained.knn_bank))}")
+    print(
+        f"noise   std {trained.noise_std:.4g} in flow space, for the stage-3 "
+        "classifier's pseudo-anomalies"
+    )
     print(
         f"thresh  {threshold:.6g} (target FPR {cfg.target_fpr:g}, "
         f"validation FPR {val_fpr:.4g})"
@@ -504,6 +539,22 @@ def train_main(argv: list[str]) -> int:
     print(f"time    {seconds:.1f} s")
 
     return 0
+
+
+def _score_words(score: str, bank: int | str) -> str:
+    """The score name with what it measures; `bank`: flow_knn's bank size."""
+    if score == "flow_knn":
+        return f"flow_knn (nearest of {bank} normal training samples in flow space)"
+    if score == "flow_nll":
+        return "flow_nll (negative log-likelihood under the stage-2 flow)"
+    if score == "classifier":
+        return "classifier (the stage-3 classifier's anomaly logit)"
+
+    return score
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _eval_parser() -> argparse.ArgumentParser:
@@ -679,19 +730,27 @@ def eval_main(argv: list[str]) -> int:
             f"{m.fpr_at_threshold:8.5f}"
         )
     print(f"threshold  {meta.threshold:.6g} calibrated for FPR {meta.target_fpr:g}")
+    _warn_fpr(metrics.fpr_at_threshold, meta.target_fpr)
     families = sorted({str(f) for f in family[attack]})
     for fam in families:
         sel = attack & (family == fam)
         fm = detection_metrics(scores[normal], scores[sel], meta.threshold)
+        if meta.kind == "packet":
+            conns = len(np.unique(conn[sel & (conn >= 0)]))
+            count = (
+                f"{_plural(int(sel.sum()), 'packet')} in {_plural(conns, 'connection')}"
+            )
+        else:
+            count = _plural(int(sel.sum()), "connection")
         print(
-            f"family     {fam:24} n={int(sel.sum()):6} AUROC {fm.auroc:.4f} "
+            f"family     {fam:24} {count:>32}  AUROC {fm.auroc:.4f} "
             f"TPR@thr {fm.tpr_at_threshold:.4f}"
         )
 
     report = args.report or args.model.with_name(args.model.stem + ".eval.png")
     write_report(
         report,
-        title=f"bflow eval: {args.model.name} on {len(args.input)} inputs",
+        title=eval_title(args.model, len(args.input)),
         history=meta.training.get("history", {}),
         normal=scores[normal],
         anomalous=scores[attack],
@@ -706,6 +765,25 @@ def eval_main(argv: list[str]) -> int:
     )
 
     return 0
+
+
+def eval_title(model: Path, inputs: int) -> str:
+    """The title of `bflow eval`'s PNG report."""
+    return f"bflow eval: {model.name} on {_plural(inputs, 'input')}"
+
+
+def _warn_fpr(fpr: float, target: float) -> None:
+    """Say so when the benign records here get far more notices than planned."""
+    if not fpr > 2 * target:
+        return
+    print(
+        f"warning: the false-positive rate at the threshold is {fpr:.4g} on "
+        f"the benign records here, over twice the {target:g} the model was "
+        "calibrated for: this network's normal traffic differs from the "
+        "traffic it was trained on; retrain it on this network's normal "
+        "traffic (`bflow train`, or `bflow retrain` on a sensor) before "
+        "trusting its notices here"
+    )
 
 
 def _per_connection(
@@ -728,3 +806,108 @@ def _per_connection(
 
 def _fmt(value: float) -> str:
     return "nan" if math.isnan(value) else f"{value:.4f}"
+
+
+def _info_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bflow info",
+        description="Load a model file the way `bflow run` does and print "
+        "what its metadata says: kind, score, threshold, feature schema, "
+        "training data and versions.",
+    )
+    p.add_argument("model", type=Path, metavar="MODEL.pt")
+    p.add_argument(
+        "--json", action="store_true", help="print the full metadata as JSON"
+    )
+
+    return p
+
+
+def _bank_size(model: Any) -> int | None:
+    """Samples in a flow_knn model's bank, read from the module itself.
+
+    A plain scripted module keeps it as the `bank` buffer; a frozen one (what
+    `bflow train` exports when freezing keeps the scores) holds it as a
+    constant, the squared norms added by the distance `addmm`, shape (1, M).
+    """
+    module = model._module
+    for name, buffer in module.named_buffers():
+        if name.split(".")[-1] == "bank":
+            return int(buffer.shape[0])
+    try:
+        for node in module.graph.findAllNodes("aten::addmm", recurse=True):
+            source = node.inputsAt(0).node()
+            if source.kind() == "prim::Constant":
+                shape = source.t("value").shape
+                if len(shape) == 2 and shape[0] == 1:
+                    return int(shape[1])
+    except RuntimeError:
+        return None
+
+    return None
+
+
+def _brief(value: Any) -> str:
+    """A feature schema value in a few characters: lists and maps by size."""
+    if isinstance(value, list):
+        return f"[{_plural(len(value), 'item')}]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(sorted(value)) + "}"
+
+    return f"{value}"
+
+
+def info_main(argv: list[str]) -> int:
+    """`bflow info`: a model file's metadata, short or as JSON."""
+    from datetime import UTC, datetime
+
+    from model.artifact import load_model
+
+    args = _info_parser().parse_args(argv)
+    model = load_model(args.model)
+    meta = model.metadata
+    if args.json:
+        print(json.dumps(json.loads(meta.to_json()), indent=2, sort_keys=True))
+        return 0
+
+    training = meta.training
+    config = training.get("config", {})
+    bank: int | str = "?"
+    if meta.score == "flow_knn":
+        # Without the module's own count, the config's is an upper bound.
+        found = _bank_size(model)
+        bank = found if found else f"at most {config.get('knn_bank', '?')}"
+    records = training.get("records", {})
+    span = training.get("time_range", {})
+
+    def when(value: Any) -> str:
+        if not isinstance(value, int | float):
+            return "?"
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+    schema = ", ".join(
+        f"{k}={_brief(v)}" for k, v in sorted(meta.feature_schema.items())
+    )
+    val_fpr = meta.validation.get("fpr_at_threshold")
+    print(f"model     {args.model}")
+    print(f"kind      {meta.kind} ({meta.input_dim} features per record)")
+    print(f"score     {_score_words(meta.score, bank)}")
+    print(
+        f"threshold {meta.threshold:.6g} (calibrated for FPR {meta.target_fpr:g}"
+        + (f", validation FPR {val_fpr:.4g})" if val_fpr is not None else ")")
+    )
+    print(f"features  {schema}")
+    print(
+        f"training  {records.get('train', '?')} train, {records.get('val', '?')} "
+        f"validation records, {when(span.get('first'))} to "
+        f"{when(span.get('last'))} UTC, {len(training.get('sources', []))} "
+        "input files"
+    )
+    print(f"version   {meta.model_version} (created {meta.created})")
+    print(f"code      {meta.code_version}, torch {meta.torch_version}")
+    if meta.slot_norm:
+        print("slot norm present (scores standardised per packet slot)")
+    else:
+        print("slot norm none")
+
+    return 0

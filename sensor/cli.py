@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "read": ("sensor.readcmd:main", "read Zeek logs and print their records"),
     "train": ("model.cli:train_main", "train, calibrate and export a model"),
     "eval": ("model.cli:eval_main", "evaluate a model file on labeled data"),
+    "info": ("model.cli:info_main", "print what a model file says about itself"),
     "retrain": ("model.retrain:retrain_main", "retrain on clean logs, promote"),
     "rollback": ("model.retrain:rollback_main", "restore a previous model"),
 }

@@ -298,13 +298,59 @@ def _toml_error(path: Path, data: bytes, exc: tomllib.TOMLDecodeError) -> str:
     if line is None or column is None:
         line, column = _position(data, len(data.rstrip(b"\n")))
         where = " (the end of the file)"
+    text = _line_text(data, line)
+    quoted = _quote_line(data, line)
+    fix = "fix that line"
+
+    # tomllib reports a value left open (`foo = [`) where it noticed, which
+    # is often a later line: show the line before as well, unless the value
+    # opens on the reported line itself.
+    openers = _OPENERS.get(reason, "")
+    opened_before = bool(openers) and not any(c in text[: column - 1] for c in openers)
+    at_line_start = not text[: column - 1].strip()
+    if opened_before or at_line_start:
+        before = _previous_line(data, line)
+        if before is not None:
+            quoted += f", or the line before it, {before!r}"
+            fix = "fix one of them"
+    bare = _BARE_WORD.match(text[column - 1 :])
+    if reason == "Invalid value" and bare and not at_line_start:
+        fix += ' (text values need double quotes, as in log_dir = "/var/log/zeek")'
 
     return (
         f"config file {str(path)!r} is not valid TOML at line {line}, column "
-        f"{column}{where}: {reason}{_quote_line(data, line)}; fix that line "
-        '(text values need double quotes, as in log_dir = "/var/log/zeek") '
-        f"and check the file with `bflow run --config {path} --check-config`"
+        f"{column}{where}: {reason}{quoted}; {fix} and check the file with "
+        f"`bflow run --config {path} --check-config`"
     )
+
+
+# tomllib's reasons for a value left open, with the characters that open it.
+_OPENERS = {
+    "Unclosed array": "[",
+    "Unclosed inline table": "{",
+    "Unterminated string": "\"'",
+}
+
+# A value written without quotes: `log_dir = /var/log`, `mode = fast`.
+_BARE_WORD = re.compile(r"[A-Za-z_/~.][^\s,\]}]*")
+
+
+def _line_text(data: bytes, line: int) -> str:
+    lines = data.split(b"\n")
+    if not 1 <= line <= len(lines):
+        return ""
+
+    return lines[line - 1].rstrip(b"\r").decode("utf-8", "replace")
+
+
+def _previous_line(data: bytes, line: int) -> str | None:
+    """The last non-blank line before `line`, shortened, or None."""
+    for number in range(line - 1, 0, -1):
+        text = _line_text(data, number).strip()
+        if text:
+            return text if len(text) <= 80 else text[:77] + "..."
+
+    return None
 
 
 def _position(data: bytes, offset: int) -> tuple[int, int]:
@@ -320,7 +366,7 @@ def _quote_line(data: bytes, line: int) -> str:
     lines = data.split(b"\n")
     if not 1 <= line <= len(lines):
         return ""
-    text = lines[line - 1].rstrip(b"\r").decode("utf-8", "replace")
+    text = _line_text(data, line)
     if len(text) > 80:
         text = text[:77] + "..."
 

@@ -13,6 +13,7 @@ import argparse
 import base64
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -176,13 +177,40 @@ def _expand(paths: list[str]) -> list[str]:
     return files
 
 
+# What a shell reports for a writer that SIGPIPE ended (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
 def main(argv: list[str]) -> int:
-    """Run `bflow read`; exit 1 when a file could not be read."""
+    """Run `bflow read`; exit 1 when a file could not be read.
+
+    A reader that closes the pipe early (`bflow read conn.log | head -1`)
+    ends the command quietly with exit status 141, the status `cat` or
+    `zeek-cut` get when SIGPIPE ends them: a script running under
+    `set -o pipefail` sees that the output was cut short, and no error line
+    or traceback is printed.
+    """
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 0:
         raise SystemExit("error: --limit must be 0 or more")
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be 1 or more")
+    try:
+        failed = _print_files(args)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit; aim it at /dev/null so that
+        # flush cannot fail a second time and print a message.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+    return 1 if failed else 0
+
+
+def _print_files(args: argparse.Namespace) -> bool:
+    """Print every file as `args` asks; True when a file could not be read."""
     failed = False
     for given in args.files:
         if Path(given).is_dir() and not _expand([given]):
@@ -206,6 +234,8 @@ def main(argv: list[str]) -> int:
                     print(json.dumps(clean, ensure_ascii=False, allow_nan=False))
             else:
                 _print_table(path, batches, args.limit, sys.stdout)
+        except BrokenPipeError:
+            raise
         except FileNotFoundError:
             print(
                 f"error: {path!r}: no such file; give the path of a Zeek log "
@@ -217,4 +247,4 @@ def main(argv: list[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failed = True
 
-    return 1 if failed else 0
+    return failed

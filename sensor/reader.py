@@ -289,6 +289,17 @@ def _json_object(line: bytes) -> bool:
 _NOT_BLANK: Final = re.compile(rb"[^ \t\n\r\x0b\x0c]")
 
 
+# First bytes of pcap (both byte orders, micro- and nanosecond) and pcapng
+# files; a gzip of one is unpacked before these are looked at.
+_CAPTURE_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": "pcap",
+    b"\xa1\xb2\xc3\xd4": "pcap",
+    b"\x4d\x3c\xb2\xa1": "pcap",
+    b"\xa1\xb2\x3c\x4d": "pcap",
+    b"\x0a\x0d\x0d\x0a": "pcapng",
+}
+
+
 def _non_blank_lines(data: bytes, start: int) -> Iterator[tuple[int, int]]:
     """(start, end) of each line of `data` from `start` that is not blank.
 
@@ -785,6 +796,12 @@ class LogDecoder:
                     f"{self.source}: the first line is a bare column list "
                     f"({stripped[:60]!r}) without Zeek's '#' header, as "
                     "`zeek-cut -c` writes it; read the original log instead"
+                )
+            elif self.offset == 0 and chunk[:4] in _CAPTURE_MAGIC:
+                raise LogFormatError(
+                    f"{self.source} is a packet capture "
+                    f"({_CAPTURE_MAGIC[chunk[:4]]}), not a Zeek log: run Zeek "
+                    "on it first, or use --kind packet to train on its packets"
                 )
             else:
                 raise LogFormatError(
