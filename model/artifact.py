@@ -243,6 +243,10 @@ def export_model(trained: TrainedModel, path: Path, metadata: ModelMetadata) -> 
         torch_version=metadata.torch_version or torch.__version__,
         score=cfg.score,
     )
+    if cfg.score == "flow_knn":
+        # The frozen module holds the bank as a constant; say its size here.
+        training = {**metadata.training, "knn_bank_size": len(trained.knn_bank)}
+        metadata = replace(metadata, training=training)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -874,8 +874,9 @@ def info_main(argv: list[str]) -> int:
     config = training.get("config", {})
     bank: int | str = "?"
     if meta.score == "flow_knn":
-        # Without the module's own count, the config's is an upper bound.
-        found = _bank_size(model)
+        # Files since knn_bank_size say it; older ones are read from the
+        # module, and without that the config's count is an upper bound.
+        found = training.get("knn_bank_size") or _bank_size(model)
         bank = found if found else f"at most {config.get('knn_bank', '?')}"
     records = training.get("records", {})
     span = training.get("time_range", {})

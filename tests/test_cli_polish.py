@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.artifact import read_metadata
+from model.artifact import load_model, read_metadata
+from model.cli import _bank_size
 from model.train import TrainConfig
 from sensor.cli import main
 from sensor.config import read_toml
@@ -114,6 +115,9 @@ def test_info_bank_matches_what_train_reported(
 
     _, out, _ = _bflow(["info", str(path)], capsys)
     assert f"flow_knn (nearest of {trained[1]} normal training samples" in out
+    meta = load_model(path).metadata
+    assert meta.training["knn_bank_size"] == int(trained[1])
+    assert _bank_size(load_model(path)) == int(trained[1])
 
 
 def test_info_json_is_the_whole_metadata(capsys: pytest.CaptureFixture[str]) -> None:
