@@ -5,6 +5,7 @@ the daemon never loads training code and `--help` stays fast.
 """
 
 import importlib
+import os
 import sys
 
 import structlog
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     command = getattr(importlib.import_module(module_name), function_name)
     try:
         code: int = command(rest)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_stdout()
     except BFlowError as exc:
         if verbose:
             structlog.get_logger().exception("command.failed", command=name)
@@ -75,6 +79,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
     return code
+
+
+# What a shell reports for a writer that SIGPIPE ended (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
+def _closed_stdout() -> int:
+    """End quietly when the reader of stdout went away (`bflow ... | head`).
+
+    The status is 141, what `cat` or `zeek-cut` get when SIGPIPE ends them,
+    so a script under `set -o pipefail` sees that the output was cut short;
+    no error line or traceback is printed.
+    """
+    # Python flushes stdout again at exit; aim it at /dev/null so that
+    # flush cannot fail a second time and print a message.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

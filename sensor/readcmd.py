@@ -13,7 +13,6 @@ import argparse
 import base64
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Iterable
@@ -177,36 +176,20 @@ def _expand(paths: list[str]) -> list[str]:
     return files
 
 
-# What a shell reports for a writer that SIGPIPE ended (128 + 13).
-EXIT_BROKEN_PIPE = 141
-
-
 def main(argv: list[str]) -> int:
     """Run `bflow read`; exit 1 when a file could not be read.
 
     A reader that closes the pipe early (`bflow read conn.log | head -1`)
-    ends the command quietly with exit status 141, the status `cat` or
-    `zeek-cut` get when SIGPIPE ends them: a script running under
-    `set -o pipefail` sees that the output was cut short, and no error line
-    or traceback is printed.
+    raises BrokenPipeError out of here; `sensor.cli.main` ends the command
+    quietly with status 141, as for every command.
     """
     args = _parser().parse_args(argv)
     if args.limit is not None and args.limit < 0:
         raise SystemExit("error: --limit must be 0 or more")
     if args.batch_size < 1:
         raise SystemExit("error: --batch-size must be 1 or more")
-    try:
-        failed = _print_files(args)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Python flushes stdout again at exit; aim it at /dev/null so that
-        # flush cannot fail a second time and print a message.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-        return EXIT_BROKEN_PIPE
 
-    return 1 if failed else 0
+    return 1 if _print_files(args) else 0
 
 
 def _print_files(args: argparse.Namespace) -> bool:

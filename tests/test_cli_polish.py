@@ -377,3 +377,21 @@ def test_eval_title_counts_inputs() -> None:
 
     assert eval_title(Path("m.pt"), 1) == "bflow eval: m.pt on 1 input"
     assert eval_title(Path("m.pt"), 3) == "bflow eval: m.pt on 3 inputs"
+
+
+def test_any_command_into_a_closed_pipe_ends_quietly() -> None:
+    """Every command, not only `read`, ends with 141 and no error line when
+    its stdout reader has gone (here `bflow info --json | head -0`)."""
+    info = subprocess.Popen(
+        [sys.executable, "-m", "sensor", "info", "--json", str(DEFAULT_PACKET)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert info.stdout is not None and info.stderr is not None
+    info.stdout.close()
+    err = info.stderr.read()
+    code = info.wait(timeout=120)
+
+    assert code == 141
+    assert b"error" not in err and b"Traceback" not in err
