@@ -69,7 +69,10 @@ def test_notice_line_round_trips(tmp_path: Path) -> None:
 
 
 def test_restart_appends_without_header(tmp_path: Path) -> None:
-    """A restarted writer appends to the same file and never repeats the header."""
+    """A restarted writer appends to the same file and never repeats the
+    header; a clean stop writes no `#close`, so every reader sees all."""
+    from sensor.reader import ReadStats, read_log
+
     path = tmp_path / "bflow_notice.log"
     with NoticeWriter(path) as writer:
         writer.write(make_notice(1))
@@ -77,8 +80,13 @@ def test_restart_appends_without_header(tmp_path: Path) -> None:
     with NoticeWriter(path) as writer:
         writer.write(make_notice(2))
 
-    assert path.read_bytes().count(b"#fields") == 1
+    data = path.read_bytes()
+    assert data.count(b"#fields") == 1 and b"#close" not in data
     assert len(data_lines(path)) == 3
+    stats = ReadStats()
+    records = [r for b in read_log(path, stats=stats) for r in b.records.to_pylist()]
+    assert [r["kind"] for r in records] == [b"open", b"flow", b"flow"]
+    assert stats.skipped == 0
 
 
 def test_rewritten_notices_are_skipped_after_restart(tmp_path: Path) -> None:

@@ -124,22 +124,6 @@ def test_file_moved_away_is_closed(tmp_path: Path) -> None:
     assert [r["kind"] for r in read_notices(path)] == ["open", "flow"]
 
 
-def test_clean_stop_and_restart_keep_one_open_file(tmp_path: Path) -> None:
-    """A stop writes no `#close`; the restart appends, and every reader sees all."""
-    path = tmp_path / "bflow_notice.log"
-
-    with NoticeWriter(path) as writer:
-        writer.write(make_notice(1))
-    with NoticeWriter(path) as writer:
-        writer.write(make_notice(2))
-
-    data = path.read_bytes()
-    assert data.count(b"#fields\t") == 1 and b"#close" not in data
-    records, stats = _read_all(path)
-    assert [r["kind"] for r in records] == [b"open", b"flow", b"flow"]
-    assert stats.skipped == 0
-
-
 # -- 2. --check-config --------------------------------------------------------
 
 
